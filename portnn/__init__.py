@@ -1,0 +1,70 @@
+"""portnn: the network of *Neural Networks from Scratch in Python*, written once against
+the Python Array API standard, training on NumPy, CuPy, PyTorch and array-api-strict."""
+
+from . import datasets, random
+from .activations import LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
+from .backend import (
+    Backend,
+    available_backends,
+    get_backend,
+    set_backend,
+    to_backend,
+    to_numpy,
+    use_backend,
+)
+from .layers import Dense, Dropout, Input, Layer
+from .losses import (
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    Loss,
+    MeanAbsoluteError,
+    MeanSquaredError,
+    SoftmaxCategoricalCrossentropy,
+)
+from .metrics import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
+from .model import Model
+from .optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
+
+__version__ = "0.1.0"
+
+seed = random.seed
+
+__all__ = [
+    "SGD",
+    "Accuracy",
+    "Adagrad",
+    "Adam",
+    "Backend",
+    "BinaryAccuracy",
+    "BinaryCrossentropy",
+    "CategoricalAccuracy",
+    "CategoricalCrossentropy",
+    "Dense",
+    "Dropout",
+    "Input",
+    "Layer",
+    "LeakyReLU",
+    "Linear",
+    "Loss",
+    "MeanAbsoluteError",
+    "MeanSquaredError",
+    "Model",
+    "Optimizer",
+    "RMSprop",
+    "ReLU",
+    "RegressionAccuracy",
+    "Sigmoid",
+    "Softmax",
+    "SoftmaxCategoricalCrossentropy",
+    "Tanh",
+    "__version__",
+    "available_backends",
+    "datasets",
+    "get_backend",
+    "random",
+    "seed",
+    "set_backend",
+    "to_backend",
+    "to_numpy",
+    "use_backend",
+]

@@ -1,0 +1,34 @@
+"""The few operations the Array API standard lacks, written once for every backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace, device
+
+from .backend import to_numpy
+
+__all__ = ["array_namespace", "is_integer", "one_hot", "pick", "sign_nonneg", "to_numpy"]
+
+
+def is_integer(x: Any) -> bool:
+    xp = array_namespace(x)
+    return xp.isdtype(x.dtype, "integral")
+
+
+def one_hot(y: Any, classes: int, dtype: Any) -> Any:
+    """Class indices ``(N,)`` as one-hot rows ``(N, classes)`` of ``dtype``."""
+    xp = array_namespace(y)
+    return xp.astype(y[:, None] == xp.arange(classes, device=device(y)), dtype)
+
+
+def pick(p: Any, y: Any) -> Any:
+    """``p[i, y[i]]`` for each row i: the probability of each sample's true class."""
+    xp = array_namespace(p)
+    return xp.take_along_axis(p, xp.astype(y, xp.int64)[:, None], axis=1)[:, 0]
+
+
+def sign_nonneg(x: Any) -> Any:
+    """The book's L1 sign: +1 where x >= 0, -1 elsewhere (so sign(0) is +1)."""
+    xp = array_namespace(x)
+    return xp.where(x >= 0, xp.ones_like(x), -xp.ones_like(x))

@@ -1,0 +1,197 @@
+"""Layers: ``forward(inputs, training=False)`` stores and returns ``.output``;
+``backward(dvalues)`` stores and returns ``.dinputs`` (and ``.dweights``/``.dbiases``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import random
+from ._xp import array_namespace, sign_nonneg
+from .backend import Backend, backend_of, get_backend, to_backend
+
+INITS = ("book", "he", "glorot")
+
+
+class Layer:
+    """Base class. ``param_names`` lists the trainable arrays; each has a gradient ``d<name>``."""
+
+    param_names: tuple[str, ...] = ()
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dvalues: Any) -> Any:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        """Constructor arguments, so a saved model can be rebuilt without running code."""
+        return {}
+
+    def to(self, backend: str | Backend) -> Layer:
+        """Move this layer's parameters to ``backend`` (a no-op for layers without any)."""
+        for name in self.param_names:
+            setattr(self, name, to_backend(getattr(self, name), backend))
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Input(Layer):
+    """Input: passes the data on unchanged (the book's ``Layer_Input``)."""
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        self.output = inputs
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        self.dinputs = dvalues
+        return self.dinputs
+
+
+class Dense(Layer):
+    """Dense: ``inputs @ weights + biases``; backward ``dW = X.T @ d``, ``db = sum(d)``,
+    ``dX = d @ W.T``, plus the L1/L2 penalties' gradients.
+
+    ``weight_init``: ``"book"`` draws ``weight_scale * standard_normal`` (the book's 0.01),
+    ``"he"`` normal with std ``sqrt(2 / n_inputs)``, ``"glorot"`` uniform in
+    ``+-sqrt(6 / (n_inputs + n_neurons))``. Weights are drawn on the host, then moved once.
+    """
+
+    param_names = ("weights", "biases")
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_neurons: int,
+        weight_regularizer_l1: float = 0.0,
+        weight_regularizer_l2: float = 0.0,
+        bias_regularizer_l1: float = 0.0,
+        bias_regularizer_l2: float = 0.0,
+        *,
+        weight_init: str = "book",
+        weight_scale: float = 0.01,
+        backend: str | Backend | None = None,
+        dtype: Any = None,
+    ) -> None:
+        for name, n in (("n_inputs", n_inputs), ("n_neurons", n_neurons)):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"Dense {name} must be a positive integer, got {n!r}")
+        regs = {
+            "weight_regularizer_l1": weight_regularizer_l1,
+            "weight_regularizer_l2": weight_regularizer_l2,
+            "bias_regularizer_l1": bias_regularizer_l1,
+            "bias_regularizer_l2": bias_regularizer_l2,
+        }
+        for name, value in regs.items():
+            if not isinstance(value, int | float) or not value >= 0 or math.isinf(value):
+                raise ValueError(f"Dense {name} must be a finite number >= 0, got {value!r}")
+        if weight_init not in INITS:
+            raise ValueError(f"unknown weight_init {weight_init!r}; choose one of {INITS}")
+        self.n_inputs, self.n_neurons = n_inputs, n_neurons
+        self.weight_regularizer_l1 = float(weight_regularizer_l1)
+        self.weight_regularizer_l2 = float(weight_regularizer_l2)
+        self.bias_regularizer_l1 = float(bias_regularizer_l1)
+        self.bias_regularizer_l2 = float(bias_regularizer_l2)
+        self.weight_init, self.weight_scale = weight_init, float(weight_scale)
+        # The model turns this off for its first layer: nothing needs the gradient of the data.
+        self.compute_dinputs = True
+
+        rng = random.host()
+        shape = (n_inputs, n_neurons)
+        if weight_init == "book":
+            weights = self.weight_scale * rng.standard_normal(shape)
+        elif weight_init == "he":
+            weights = math.sqrt(2.0 / n_inputs) * rng.standard_normal(shape)
+        else:
+            limit = math.sqrt(6.0 / (n_inputs + n_neurons))
+            weights = rng.uniform(-limit, limit, shape)
+        b = get_backend(backend, dtype)
+        self.weights = b.asarray(weights)
+        self.biases = b.xp.zeros((1, n_neurons), dtype=b.dtype, device=b.device)
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        if inputs.ndim != 2 or inputs.shape[1] != self.n_inputs:
+            raise ValueError(
+                f"Dense expects inputs of shape (batch, {self.n_inputs}), got "
+                f"{tuple(inputs.shape)}; reshape the data or build the layer with "
+                f"n_inputs={inputs.shape[-1] if inputs.ndim else 1}"
+            )
+        self.inputs = inputs
+        self.output = inputs @ self.weights + self.biases
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        xp = array_namespace(dvalues)
+        dweights = self.inputs.T @ dvalues
+        dbiases = xp.sum(dvalues, axis=0, keepdims=True)
+        if self.weight_regularizer_l1 > 0:
+            dweights = dweights + self.weight_regularizer_l1 * sign_nonneg(self.weights)
+        if self.weight_regularizer_l2 > 0:
+            dweights = dweights + 2 * self.weight_regularizer_l2 * self.weights
+        if self.bias_regularizer_l1 > 0:
+            dbiases = dbiases + self.bias_regularizer_l1 * sign_nonneg(self.biases)
+        if self.bias_regularizer_l2 > 0:
+            dbiases = dbiases + 2 * self.bias_regularizer_l2 * self.biases
+        self.dweights, self.dbiases = dweights, dbiases
+        self.dinputs = dvalues @ self.weights.T if self.compute_dinputs else None
+        return self.dinputs
+
+    def regularization_loss(self) -> Any:
+        """``l1w*sum|W| + l2w*sum(W*W) + l1b*sum|b| + l2b*sum(b*b)``, on the device."""
+        xp = array_namespace(self.weights)
+        total = 0.0
+        for factor, p, square in (
+            (self.weight_regularizer_l1, self.weights, False),
+            (self.weight_regularizer_l2, self.weights, True),
+            (self.bias_regularizer_l1, self.biases, False),
+            (self.bias_regularizer_l2, self.biases, True),
+        ):
+            if factor > 0:
+                total = total + factor * xp.sum(p * p if square else xp.abs(p))
+        return total
+
+    def get_config(self) -> dict:
+        return {
+            "n_inputs": self.n_inputs,
+            "n_neurons": self.n_neurons,
+            "weight_regularizer_l1": self.weight_regularizer_l1,
+            "weight_regularizer_l2": self.weight_regularizer_l2,
+            "bias_regularizer_l1": self.bias_regularizer_l1,
+            "bias_regularizer_l2": self.bias_regularizer_l2,
+            "weight_init": self.weight_init,
+            "weight_scale": self.weight_scale,
+        }
+
+
+class Dropout(Layer):
+    """Inverted dropout: drops a ``rate`` fraction, scales the rest by ``1 / (1 - rate)``;
+    backward multiplies by the same mask. Identity when not training."""
+
+    def __init__(self, rate: float) -> None:
+        if not isinstance(rate, int | float) or not 0 <= rate < 1:
+            raise ValueError(f"Dropout rate is the fraction dropped, in [0, 1); got {rate!r}")
+        self.rate = float(rate)
+        self.mask = None
+
+    def forward(self, inputs: Any, training: bool = False) -> Any:
+        self.inputs = inputs
+        if not training or self.rate == 0:
+            self.mask = None
+            self.output = inputs
+            return self.output
+        xp = array_namespace(inputs)
+        keep = 1.0 - self.rate
+        draw = random.uniform(tuple(inputs.shape), backend_of(inputs))
+        self.mask = xp.astype(draw < keep, inputs.dtype) / keep
+        self.output = inputs * self.mask
+        return self.output
+
+    def backward(self, dvalues: Any) -> Any:
+        self.dinputs = dvalues if self.mask is None else dvalues * self.mask
+        return self.dinputs
+
+    def get_config(self) -> dict:
+        return {"rate": self.rate}

@@ -1,0 +1,231 @@
+"""Losses: ``forward(y_pred, y_true)`` gives per-sample losses, ``calculate`` their mean,
+``backward(dvalues, y_true)`` the gradient of the mean. Predictions are clipped to
+``[1e-7, 1 - 1e-7]`` where a log needs it, as in the book."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ._xp import array_namespace, is_integer, one_hot, pick
+from .activations import Softmax
+from .layers import Layer
+
+EPS = 1e-7
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape)
+
+
+class Loss:
+    """Base class: validation, the mean, the accumulated mean over batches, regularization."""
+
+    def __init__(self) -> None:
+        self.trainable_layers: list[Layer] = []
+        self.new_pass()
+
+    # --- subclasses write these two -------------------------------------------------------
+    def _forward(self, y_pred: Any, y_true: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        raise NotImplementedError
+
+    def check_targets(self, y_true: Any, n_samples: int, n_outputs: int, values: bool = True):
+        """Raise a clear error if ``y_true`` cannot be the targets of ``n_samples`` outputs of
+        width ``n_outputs``. ``values=False`` skips the checks that read values (a host sync)."""
+        if _shape(y_true) != (n_samples, n_outputs):
+            hint = " (reshape it with y.reshape(-1, 1))" if y_true.ndim == 1 else ""
+            raise ValueError(
+                f"{type(self).__name__} needs targets of shape ({n_samples}, {n_outputs}) for "
+                f"outputs of that shape, got {_shape(y_true)}{hint}"
+            )
+        if values and not is_integer(y_true):
+            xp = array_namespace(y_true)
+            if not bool(xp.all(xp.isfinite(y_true))):
+                raise ValueError(f"{type(self).__name__} targets contain NaN or infinity")
+
+    # --- the public API -------------------------------------------------------------------
+    def forward(self, y_pred: Any, y_true: Any) -> Any:
+        """Per-sample losses, after checking shapes and target values."""
+        if y_pred.ndim != 2:
+            raise ValueError(f"predictions must be 2-D (samples, outputs), got {_shape(y_pred)}")
+        if y_true.shape[0] != y_pred.shape[0]:
+            raise ValueError(
+                f"predictions and targets have different lengths: {y_pred.shape[0]} samples "
+                f"of predictions, {y_true.shape[0]} of targets"
+            )
+        self.check_targets(y_true, y_pred.shape[0], y_pred.shape[1])
+        return self._forward(y_pred, y_true)
+
+    def calculate(self, output: Any, y: Any, *, include_regularization: bool = False):
+        """Mean loss of this batch as a float (and the regularization loss, if asked);
+        also adds the batch to the accumulated mean."""
+        sample_losses = Loss.forward(self, output, y)  # not a subclass's fused forward
+        xp = array_namespace(sample_losses)
+        self.accumulated_sum = self.accumulated_sum + xp.sum(sample_losses)
+        self.accumulated_count += sample_losses.shape[0]
+        data_loss = float(xp.mean(sample_losses))
+        if not include_regularization:
+            return data_loss
+        return data_loss, self.regularization_loss()
+
+    def calculate_accumulated(self, *, include_regularization: bool = False):
+        """Mean loss over every sample since ``new_pass``."""
+        if self.accumulated_count == 0:
+            raise RuntimeError("no batch was calculated since new_pass()")
+        data_loss = float(self.accumulated_sum) / self.accumulated_count
+        if not include_regularization:
+            return data_loss
+        return data_loss, self.regularization_loss()
+
+    def new_pass(self) -> None:
+        self.accumulated_sum = 0.0
+        self.accumulated_count = 0
+
+    def remember_trainable_layers(self, layers: Iterable[Layer]) -> None:
+        self.trainable_layers = list(layers)
+
+    def regularization_loss(self, layer: Layer | None = None) -> float:
+        """L1/L2 penalty of ``layer``, or of every remembered trainable layer."""
+        layers = self.trainable_layers if layer is None else [layer]
+        return float(sum(l_.regularization_loss() for l_ in layers if l_.param_names))
+
+    def get_config(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CategoricalCrossentropy(Loss):
+    """Categorical cross-entropy: ``-log p[true class]`` with p clipped;
+    backward ``-(y_onehot / p) / N``. Targets: class indices (any integer dtype) or one-hot."""
+
+    def check_targets(self, y_true: Any, n_samples: int, n_outputs: int, values: bool = True):
+        xp = array_namespace(y_true)
+        if y_true.ndim == 1:
+            if y_true.shape[0] != n_samples:
+                raise ValueError(f"got {y_true.shape[0]} labels for {n_samples} samples")
+            if not is_integer(y_true):
+                raise TypeError(
+                    f"class labels must be integers, got {y_true.dtype}; "
+                    "convert them with y.astype('int64') or pass one-hot rows"
+                )
+            if values and y_true.shape[0]:
+                low, high = int(xp.min(y_true)), int(xp.max(y_true))
+                if low < 0 or high >= n_outputs:
+                    raise ValueError(
+                        f"labels must lie in [0, {n_outputs}) for {n_outputs} outputs; "
+                        f"got values from {low} to {high}"
+                    )
+        elif y_true.ndim == 2:
+            if _shape(y_true) != (n_samples, n_outputs):
+                raise ValueError(
+                    f"one-hot targets must have shape ({n_samples}, {n_outputs}) to match the "
+                    f"outputs, got {_shape(y_true)}"
+                )
+        else:
+            raise ValueError(
+                f"targets must be class indices (N,) or one-hot (N, classes), got {_shape(y_true)}"
+            )
+
+    def _forward(self, y_pred: Any, y_true: Any) -> Any:
+        xp = array_namespace(y_pred)
+        p = xp.clip(y_pred, EPS, 1 - EPS)
+        if y_true.ndim == 1:
+            confidences = pick(p, y_true)
+        else:
+            confidences = xp.sum(p * xp.astype(y_true, p.dtype), axis=1)
+        return -xp.log(confidences)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        xp = array_namespace(dvalues)
+        n, classes = dvalues.shape
+        if y_true.ndim == 1:
+            y_true = one_hot(y_true, classes, dvalues.dtype)
+        self.dinputs = -(xp.astype(y_true, dvalues.dtype) / dvalues) / n
+        return self.dinputs
+
+
+class BinaryCrossentropy(Loss):
+    """Binary cross-entropy: ``mean(-(y log p + (1 - y) log(1 - p)))`` over outputs, p clipped;
+    backward ``-(y / p - (1 - y) / (1 - p)) / outputs / N``. Targets are 0/1 of the outputs' shape."""
+
+    def check_targets(self, y_true: Any, n_samples: int, n_outputs: int, values: bool = True):
+        super().check_targets(y_true, n_samples, n_outputs, values)
+        if values:
+            xp = array_namespace(y_true)
+            if not bool(xp.all((y_true >= 0) & (y_true <= 1))):
+                raise ValueError("BinaryCrossentropy targets must lie in [0, 1]")
+
+    def _forward(self, y_pred: Any, y_true: Any) -> Any:
+        xp = array_namespace(y_pred)
+        p = xp.clip(y_pred, EPS, 1 - EPS)
+        y = xp.astype(y_true, p.dtype)
+        return xp.mean(-(y * xp.log(p) + (1 - y) * xp.log(1 - p)), axis=-1)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        xp = array_namespace(dvalues)
+        n, outputs = dvalues.shape
+        c = xp.clip(dvalues, EPS, 1 - EPS)
+        y = xp.astype(y_true, dvalues.dtype)
+        self.dinputs = -(y / c - (1 - y) / (1 - c)) / outputs / n
+        return self.dinputs
+
+
+class MeanSquaredError(Loss):
+    """Mean squared error: ``mean((y - p)**2)`` over outputs; backward ``-2 (y - p) / outputs / N``."""
+
+    def _forward(self, y_pred: Any, y_true: Any) -> Any:
+        xp = array_namespace(y_pred)
+        diff = xp.astype(y_true, y_pred.dtype) - y_pred
+        return xp.mean(diff * diff, axis=-1)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        xp = array_namespace(dvalues)
+        n, outputs = dvalues.shape
+        self.dinputs = -2 * (xp.astype(y_true, dvalues.dtype) - dvalues) / outputs / n
+        return self.dinputs
+
+
+class MeanAbsoluteError(Loss):
+    """Mean absolute error: ``mean(|y - p|)`` over outputs; backward ``sign(p - y) / outputs / N``
+    (the true gradient; the book's code has the sign flipped)."""
+
+    def _forward(self, y_pred: Any, y_true: Any) -> Any:
+        xp = array_namespace(y_pred)
+        return xp.mean(xp.abs(xp.astype(y_true, y_pred.dtype) - y_pred), axis=-1)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        xp = array_namespace(dvalues)
+        n, outputs = dvalues.shape
+        self.dinputs = xp.sign(dvalues - xp.astype(y_true, dvalues.dtype)) / outputs / n
+        return self.dinputs
+
+
+class SoftmaxCategoricalCrossentropy(CategoricalCrossentropy):
+    """Softmax and categorical cross-entropy in one step, with the fast fused backward
+    ``(softmax_output - y_onehot) / N``.
+
+    The book's chapter 9-17 use: ``loss = f.forward(logits, y)`` returns the mean loss and sets
+    ``f.output`` (the probabilities); ``f.backward(f.output, y)`` sets ``f.dinputs``.
+    A ``Model`` with a Softmax output and CategoricalCrossentropy uses this automatically.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.activation = Softmax()
+
+    def forward(self, inputs: Any, y_true: Any) -> float:  # type: ignore[override]
+        self.output = self.activation.forward(inputs)
+        return self.calculate(self.output, y_true)
+
+    def backward(self, dvalues: Any, y_true: Any) -> Any:
+        xp = array_namespace(dvalues)
+        n, classes = dvalues.shape
+        if y_true.ndim == 1:
+            y_true = one_hot(y_true, classes, dvalues.dtype)
+        self.dinputs = (dvalues - xp.astype(y_true, dvalues.dtype)) / n
+        return self.dinputs

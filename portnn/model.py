@@ -1,0 +1,2 @@
+class Model:  # placeholder while model.py is written
+    pass

@@ -1,0 +1,91 @@
+"""Seeded random numbers, one generator per backend (the Array API standard has none).
+
+Initial weights are drawn on the host with NumPy (``host()``), so one seed gives the same
+initial model on every backend; dropout masks and shuffles are drawn on the device
+(``uniform``, ``permutation``), so training never copies random numbers to the GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend
+
+_seed: int | None = None
+_host: np.random.Generator | None = None
+_device: dict[tuple[str, str], Any] = {}
+
+
+def seed(value: int | None) -> None:
+    """Make every generator repeatable from ``value`` (None: fresh entropy)."""
+    global _seed, _host
+    if value is not None and (not isinstance(value, int | np.integer) or value < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {value!r}")
+    _seed = None if value is None else int(value)
+    _host = np.random.default_rng(_seed)
+    _device.clear()
+
+
+def host() -> np.random.Generator:
+    """The host generator that draws initial weights and datasets."""
+    global _host
+    if _host is None:
+        _host = np.random.default_rng(_seed)
+    return _host
+
+
+def _device_seed() -> int | None:
+    # A stream separate from the host's, so drawing a mask does not shift the next weights.
+    return None if _seed is None else _seed + 1
+
+
+def _generator(backend: Backend) -> Any:
+    key = (backend.name, str(backend.device))
+    if key not in _device:
+        s = _device_seed()
+        if backend.name == "torch":
+            import torch
+
+            g = torch.Generator(device=backend.device)
+            if s is None:
+                g.seed()
+            else:
+                g.manual_seed(s)
+        elif backend.name == "cupy":
+            import cupy
+
+            with backend.device:
+                g = cupy.random.default_rng(s)
+        else:  # numpy, and array_api_strict (its arrays are made from host data)
+            g = np.random.default_rng(s)
+        _device[key] = g
+    return _device[key]
+
+
+def uniform(shape: tuple[int, ...], backend: Backend) -> Any:
+    """Uniform numbers in [0, 1) of the backend's dtype, drawn on its device."""
+    g = _generator(backend)
+    if backend.name == "torch":
+        import torch
+
+        return torch.rand(shape, generator=g, device=backend.device, dtype=backend.dtype)
+    if backend.name == "cupy":
+        with backend.device:
+            return g.random(shape, dtype=backend.dtype_name)
+    data = g.random(shape, dtype=backend.dtype_name)
+    return data if backend.name == "numpy" else backend.asarray(data)
+
+
+def permutation(n: int, backend: Backend) -> Any:
+    """A random permutation of ``range(n)`` as an integer index array on the device."""
+    g = _generator(backend)
+    if backend.name == "torch":
+        import torch
+
+        return torch.randperm(n, generator=g, device=backend.device)
+    if backend.name == "cupy":
+        return backend.xp.argsort(uniform((n,), backend))
+    data = g.permutation(n)
+    return data if backend.name == "numpy" else backend.asarray(data)
