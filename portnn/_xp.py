@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from array_api_compat import array_namespace, device
 
-from .backend import to_numpy
+from .backend import library_of, to_numpy
 
-__all__ = ["array_namespace", "is_integer", "one_hot", "pick", "sign_nonneg", "to_numpy"]
+__all__ = [
+    "array_namespace",
+    "is_integer",
+    "one_hot",
+    "pick",
+    "quiet_float_errors",
+    "sign_nonneg",
+    "to_numpy",
+]
 
 
 def is_integer(x: Any) -> bool:
@@ -32,3 +42,16 @@ def sign_nonneg(x: Any) -> Any:
     """The book's L1 sign: +1 where x >= 0, -1 elsewhere (so sign(0) is +1)."""
     xp = array_namespace(x)
     return xp.where(x >= 0, xp.ones_like(x), -xp.ones_like(x))
+
+
+@contextlib.contextmanager
+def quiet_float_errors(x: Any) -> Iterator[None]:
+    """Silence NumPy's overflow/invalid warnings while training: divergence is detected from
+    the loss and reported as one clear error instead."""
+    if library_of(x) in ("numpy", "array_api_strict"):
+        import numpy as np
+
+        with np.errstate(all="ignore"):
+            yield
+    else:
+        yield

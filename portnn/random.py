@@ -7,6 +7,8 @@ initial model on every backend; dropout masks and shuffles are drawn on the devi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,7 @@ import numpy as np
 from .backend import Backend
 
 _seed: int | None = None
-_host: np.random.Generator | None = None
+_host: np.random.RandomState | None = None
 _device: dict[tuple[str, str], Any] = {}
 
 
@@ -24,15 +26,20 @@ def seed(value: int | None) -> None:
     if value is not None and (not isinstance(value, int | np.integer) or value < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {value!r}")
     _seed = None if value is None else int(value)
-    _host = np.random.default_rng(_seed)
+    _host = np.random.RandomState(_seed)
     _device.clear()
 
 
-def host() -> np.random.Generator:
-    """The host generator that draws initial weights and datasets."""
+def host() -> np.random.RandomState:
+    """The host generator that draws initial weights and datasets.
+
+    It is NumPy's legacy Mersenne Twister on purpose: ``seed(0)`` then gives the very stream
+    of the book's ``nnfs.init()`` (``np.random.seed(0)``), so the book's data and initial
+    weights, and hence its printed figures, come out exactly.
+    """
     global _host
     if _host is None:
-        _host = np.random.default_rng(_seed)
+        _host = np.random.RandomState(_seed)
     return _host
 
 
@@ -89,3 +96,14 @@ def permutation(n: int, backend: Backend) -> Any:
         return backend.xp.argsort(uniform((n,), backend))
     data = g.permutation(n)
     return data if backend.name == "numpy" else backend.asarray(data)
+
+
+@contextlib.contextmanager
+def kept_state() -> Iterator[None]:
+    """Run a block without moving the host stream (rebuilding a saved model draws nothing)."""
+    rng = host()
+    state = rng.get_state()
+    try:
+        yield
+    finally:
+        rng.set_state(state)

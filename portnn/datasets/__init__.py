@@ -18,8 +18,9 @@ from .fashion_mnist import fashion_mnist
 __all__ = ["FASHION_MNIST_CLASSES", "fashion_mnist", "sine", "spiral", "vertical"]
 
 
-def _rng(seed: int | None) -> np.random.Generator:
-    return random.host() if seed is None else np.random.default_rng(seed)
+def _rng(seed: int | None) -> np.random.RandomState:
+    # The legacy generator, as nnfs uses: seed 0 gives the book's own data.
+    return random.host() if seed is None else np.random.RandomState(seed)
 
 
 def _check_counts(samples: int, classes: int) -> None:
@@ -75,7 +76,9 @@ def vertical(
     y = np.zeros(samples * classes, dtype=np.uint8)
     for k in range(classes):
         ix = slice(samples * k, samples * (k + 1))
-        X[ix] = np.c_[rng.standard_normal(samples) * 0.1 + k / 3, rng.standard_normal(samples) * 0.1 + 0.5]
+        X[ix] = np.c_[
+            rng.standard_normal(samples) * 0.1 + k / 3, rng.standard_normal(samples) * 0.1 + 0.5
+        ]
         y[ix] = k
     return _out(X, y, backend)
 
