@@ -151,7 +151,7 @@ class CategoricalCrossentropy(Loss):
 
 class BinaryCrossentropy(Loss):
     """Binary cross-entropy: ``mean(-(y log p + (1 - y) log(1 - p)))`` over outputs, p clipped;
-    backward ``-(y / p - (1 - y) / (1 - p)) / outputs / N``. Targets are 0/1 of the outputs' shape."""
+    backward ``-(y / p - (1 - y) / (1 - p)) / outputs / N``. Targets: 0/1, the outputs' shape."""
 
     def check_targets(self, y_true: Any, n_samples: int, n_outputs: int, values: bool = True):
         super().check_targets(y_true, n_samples, n_outputs, values)
@@ -176,7 +176,8 @@ class BinaryCrossentropy(Loss):
 
 
 class MeanSquaredError(Loss):
-    """Mean squared error: ``mean((y - p)**2)`` over outputs; backward ``-2 (y - p) / outputs / N``."""
+    """Mean squared error: ``mean((y - p)**2)`` over outputs;
+    backward ``-2 (y - p) / outputs / N``."""
 
     def _forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = array_namespace(y_pred)
