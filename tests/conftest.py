@@ -30,6 +30,12 @@ def backend_name():
         pn.get_backend(name)
     except (ImportError, RuntimeError) as exc:
         pytest.skip(f"backend {name!r} is not usable here: {exc}")
+    if name == "torch":
+        import torch
+
+        # The tests' arrays are tiny: one thread avoids the thread pool spinning on a busy
+        # 2-core machine (seen: 10 ms per 64x64 product with two threads under load).
+        torch.set_num_threads(1)
     return name
 
 

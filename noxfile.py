@@ -1,0 +1,57 @@
+"""Test sessions, one per array backend (read from backends/*.txt), plus lint and bench.
+
+    nox                        # numpy, array_api_strict, cupy (skips without a GPU), lint
+    nox -s "tests(torch)"      # PyTorch, on request (a large install)
+    nox -s bench -- --quick    # the side-by-side training benchmark
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+BACKENDS = sorted(p.stem for p in (ROOT / "backends").glob("*.txt"))
+ON_REQUEST = {"torch"}  # large installs: run with nox -s "tests(torch)"
+
+nox.options.sessions = [f"tests({b})" for b in BACKENDS if b not in ON_REQUEST] + ["lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _has_nvidia_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS, ids=BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """The whole test suite with PORTNN_BACKEND set to one backend."""
+    if backend == "cupy" and not _has_nvidia_gpu():
+        session.skip("the cupy backend needs an NVIDIA GPU, and nvidia-smi finds none here")
+    session.install(".[test]", "-r", f"backends/{backend}.txt")
+    session.run(
+        "pytest", *session.posargs, env={"PORTNN_BACKEND": backend, "PYTHONUNBUFFERED": "1"}
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Training epochs side by side: portnn, a bare Array API loop, PyTorch, the GEMM floor."""
+    session.install(".", "-r", "backends/torch.txt")
+    session.run("python", "benchmarks/bench_train.py", *session.posargs)
