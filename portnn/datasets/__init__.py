@@ -12,10 +12,19 @@ import numpy as np
 
 from .. import random
 from ..backend import Backend, get_backend
-from .fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
-from .fashion_mnist import fashion_mnist
+from .fashion import CLASS_NAMES as FASHION_MNIST_CLASSES
+from .fashion import default_data_dir, fashion_mnist
+from .fashion import download as download_fashion_mnist
 
-__all__ = ["FASHION_MNIST_CLASSES", "fashion_mnist", "sine", "spiral", "vertical"]
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "default_data_dir",
+    "download_fashion_mnist",
+    "fashion_mnist",
+    "sine",
+    "spiral",
+    "vertical",
+]
 
 
 def _rng(seed: int | None) -> np.random.RandomState:

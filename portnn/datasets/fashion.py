@@ -118,9 +118,7 @@ def fashion_mnist(
             raise FileNotFoundError(_not_found_message(folders, base_url))
         dest = folders[0]
         _download(dest, base_url, CHECKSUMS)
-        found = _find([dest])
-        if found is None:  # pragma: no cover - download() raises before this can happen
-            raise FileNotFoundError(_not_found_message([dest], base_url))
+        found = ("idx", [dest / name for name in FILES])
     kind, where = found
     if kind == "idx":
         X, y = _load_idx_pair(where[0], where[1])
@@ -387,8 +385,11 @@ def _fetch(url: str, target: Path, expected: str | None) -> None:
                             received += len(block)
                             bar.update(len(block))
             except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
-                http_error = isinstance(exc, urllib.error.HTTPError)
-                reason = exc if http_error else getattr(exc, "reason", exc)
+                if isinstance(exc, urllib.error.HTTPError):
+                    exc.close()  # it holds the open response
+                    reason: object = exc
+                else:
+                    reason = getattr(exc, "reason", exc)
                 raise OSError(
                     f"downloading {name} from {url} failed: {reason}. Check the address (set "
                     f"base_url= or {URL_ENV} to use a mirror) or fetch the file by hand into "
