@@ -1,0 +1,164 @@
+"""Figures of a training run, drawn with matplotlib (``pip install 'portnn[plot]'``).
+
+Figures are drawn on matplotlib's ``Figure`` objects directly, never through ``pyplot``: no
+window opens, no global backend is switched, and nothing stays open after the file is written,
+so these work on a server, in tests and inside a notebook alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .backend import to_numpy
+
+__all__ = ["plot_decision_regions", "plot_history"]
+
+PathLike = str | os.PathLike
+
+
+def _matplotlib() -> Any:
+    """matplotlib's ``Figure`` class and ``colors`` module, imported only when plotting."""
+    try:
+        from matplotlib import colors
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(
+            "plotting needs matplotlib, which is not installed here; "
+            "install it with: pip install 'portnn[plot]'"
+        ) from exc
+    return Figure, colors
+
+
+def _series(history: Mapping[str, Sequence], key: str) -> list | None:
+    values = history.get(key)
+    if not values or all(v is None for v in values):
+        return None
+    return [np.nan if v is None else float(v) for v in values]
+
+
+def plot_history(history: Mapping[str, Sequence], path: PathLike, *, title: str = "") -> PathLike:
+    """Loss, accuracy and learning rate per epoch (validation where present), side by side.
+
+    ``history`` is what ``Model.train`` returns (per-epoch lists under ``HISTORY_KEYS``), or any
+    mapping with some of ``loss``, ``accuracy``, ``learning_rate``, ``val_loss``,
+    ``val_accuracy`` and optionally ``epoch``. Writes an image (PNG unless ``path`` names
+    another format) and returns ``path``.
+    """
+    panels = [
+        (name, [(label, s) for label, s in lines if s is not None])
+        for name, lines in (
+            (
+                "loss",
+                [
+                    ("training", _series(history, "loss")),
+                    ("validation", _series(history, "val_loss")),
+                ],
+            ),
+            (
+                "accuracy",
+                [
+                    ("training", _series(history, "accuracy")),
+                    ("validation", _series(history, "val_accuracy")),
+                ],
+            ),
+            ("learning rate", [("learning rate", _series(history, "learning_rate"))]),
+        )
+    ]
+    panels = [(name, lines) for name, lines in panels if lines]
+    if not panels:
+        raise ValueError(
+            "the history holds no loss, accuracy or learning_rate values to plot; "
+            "pass what Model.train returns"
+        )
+    length = max(len(s) for _, lines in panels for _, s in lines)
+    epochs = history.get("epoch") or range(1, length + 1)
+    epochs = list(epochs)
+
+    Figure, _ = _matplotlib()
+    fig = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, lines) in zip(axes, panels, strict=True):
+        for label, values in lines:
+            ax.plot(epochs[: len(values)], values, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if len(lines) > 1:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _class_predictions(model: Any, points: np.ndarray) -> np.ndarray:
+    """Classes of ``points``: the output layer's ``predictions`` where it has them, else the
+    argmax of the outputs (one column: above 0.5)."""
+    predict = model.predict if hasattr(model, "predict") else model
+    outputs = predict(points)
+    layers = getattr(model, "layers", None)
+    predictions = getattr(layers[-1], "predictions", None) if layers else None
+    if predictions is not None:
+        outputs = predictions(outputs)
+    result = np.asarray(to_numpy(outputs))
+    if result.ndim == 2:
+        result = (result[:, 0] > 0.5) if result.shape[1] == 1 else result.argmax(axis=1)
+    return result.astype(np.int64).reshape(-1)
+
+
+def plot_decision_regions(
+    model: Any,
+    X: Any,
+    y: Any,
+    path: PathLike,
+    *,
+    resolution: int = 300,
+    title: str = "",
+) -> PathLike:
+    """The plane colored by the class ``model`` predicts at each point, the data on top.
+
+    ``model`` is a trained portnn Model (or any callable from points to outputs) on 2-D inputs;
+    ``X`` is ``(N, 2)``, ``y`` the class labels (``(N,)`` or a ``(N, 1)`` column of 0/1), on
+    any backend. The grid of ``resolution`` x ``resolution`` points spans the data with a
+    margin. Writes an image (PNG unless ``path`` names another format) and returns ``path``.
+    """
+    Figure, colors = _matplotlib()
+    X = np.asarray(to_numpy(X), dtype=np.float64)
+    y = np.asarray(to_numpy(y)).reshape(-1)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"decision regions need 2-D points, X of shape (N, 2); got {X.shape}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} points but y has {y.shape[0]} labels")
+    if not isinstance(resolution, int) or resolution < 2:
+        raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
+
+    low, high = X.min(axis=0), X.max(axis=0)
+    margin = 0.1 * np.maximum(high - low, 1e-3)
+    xs = np.linspace(low[0] - margin[0], high[0] + margin[0], resolution)
+    ys = np.linspace(low[1] - margin[1], high[1] + margin[1], resolution)
+    gx, gy = np.meshgrid(xs, ys)
+    grid = np.column_stack([gx.ravel(), gy.ravel()]).astype(np.float32)
+    regions = _class_predictions(model, grid).reshape(gx.shape)
+
+    labels = y.astype(np.int64)
+    n_classes = int(max(regions.max(initial=0), labels.max(initial=0))) + 1
+    cmap = colors.ListedColormap([f"C{k % 10}" for k in range(n_classes)])
+    norm = colors.BoundaryNorm(np.arange(n_classes + 1) - 0.5, n_classes)
+
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    ax.contourf(gx, gy, regions, levels=np.arange(n_classes + 1) - 0.5, cmap=cmap, alpha=0.3)
+    ax.scatter(
+        X[:, 0], X[:, 1], c=labels, cmap=cmap, norm=norm, s=12, edgecolors="k", linewidths=0.3
+    )
+    ax.set_xlim(xs[0], xs[-1])
+    ax.set_ylim(ys[0], ys[-1])
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_title(title or "decision regions")
+    fig.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,286 @@
+"""The portnn command, through main([...]), on the selected backend and on small settings."""
+
+import gzip
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import portnn as pn
+from portnn.cli import main
+from portnn.datasets import FASHION_MNIST_CLASSES as CLASS_NAMES
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch, tmp_path):
+    monkeypatch.delenv("PORTNN_DEBUG", raising=False)
+    # An empty data folder, so no Fashion-MNIST cached on this machine is ever found.
+    monkeypatch.setenv("PORTNN_DATA", str(tmp_path / "portnn-data"))
+
+
+def run(capsys, command="", *more):
+    """main() on ``command`` split at spaces, then ``more`` as they are (paths)."""
+    code = main(command.split() + [str(a) for a in more])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_idx(path, array):
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.tobytes()))
+
+
+@pytest.fixture
+def fashion_dir(tmp_path):
+    """Tiny Fashion-MNIST files with correct IDX headers: bright pixels per class."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for prefix, n in (("train", 80), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label : 2 * label + 4, :] = 250  # a band per class: learnable
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def test_info(capsys):
+    code, out, err = run(capsys, "info")
+    assert code == 0 and err == ""
+    assert out.startswith(f"portnn {pn.__version__}")
+    for name in ("numpy", "array_api_strict", "torch", "cupy"):
+        assert f"\n  {name} " in out
+    numpy_row = next(line for line in out.splitlines() if line.startswith("  numpy "))
+    assert np.__version__ in numpy_row and "yes" in numpy_row and "float32" in numpy_row
+
+
+def test_python_m_portnn_info():
+    result = subprocess.run(
+        [sys.executable, "-m", "portnn", "info"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("portnn ") and "array_api_strict" in result.stdout
+
+
+def test_help_and_version(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "train" in out and "predict" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"portnn {pn.__version__}"
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0 and "--batch-size" in out
+
+
+def test_train_spiral_save_plot_and_evaluate(capsys, backend_name, tmp_path):
+    model_path, plot_path, regions = (tmp_path / n for n in ("m.npz", "h.png", "r.png"))
+    code, out, err = run(
+        capsys,
+        "train spiral --epochs 50 --backend",
+        backend_name,
+        "--save",
+        model_path,
+        "--plot",
+        plot_path,
+        "--plot-regions",
+        regions,
+    )
+    assert code == 0, err
+    assert "epoch: 5, acc: " in out and "epoch: 50, acc: " in out
+    assert f"on {backend_name} (float32" in out
+    lines = out.splitlines()
+    training = next(line for line in lines if line.startswith("training, acc: "))
+    test = next(line for line in lines if line.startswith("test, acc: "))
+    for path in (model_path, plot_path, regions):
+        assert path.is_file()
+    assert plot_path.read_bytes()[:8] == regions.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    code, out, err = run(capsys, "evaluate", model_path, "spiral", "--backend", backend_name)
+    assert code == 0, err
+    assert "test (300 samples), acc: " in out
+    # the same seed gives the same test data, so the same figures as at the end of training
+    assert out.splitlines()[-1].split(", ", 1)[1] == test.split(", ", 1)[1]
+    assert training != test
+
+
+def test_train_quiet_prints_only_the_final_figures(capsys, backend_name):
+    code, out, _ = run(capsys, "train vertical --epochs 20 --quiet --backend", backend_name)
+    assert code == 0
+    assert "epoch:" not in out and "model:" not in out
+    assert "training, acc: " in out and "test, acc: " in out
+
+
+def test_train_and_evaluate_sine(capsys, backend_name, tmp_path):
+    command = "train sine --epochs 30 --hidden 16 --learning-rate 0.01 --backend"
+    code, out, err = run(capsys, command, backend_name, "--save", tmp_path / "sine.npz")
+    assert code == 0, err
+    assert "model: 1-16-16-1 (ReLU, Linear), MeanSquaredError" in out
+    assert "training, acc: " in out and "test, acc" not in out
+    code, out, err = run(capsys, "evaluate", tmp_path / "sine.npz", "sine")
+    assert code == 0, err
+    assert "data (1000 samples), acc: " in out
+
+
+def test_train_digits(capsys, backend_name):
+    pytest.importorskip("sklearn")
+    command = "train digits --epochs 3 --batch-size 64 --backend"
+    code, out, err = run(capsys, command, backend_name)
+    assert code == 0, err
+    assert "1437 training samples, 360 test samples, 64 features" in out
+    assert "validation, acc: " in out
+    test = next(line for line in out.splitlines() if line.startswith("test, acc: "))
+    assert float(test.split("acc: ")[1].split(",")[0]) > 0.6
+
+
+def test_fashion_mnist_train_evaluate_predict(capsys, backend_name, fashion_dir, tmp_path):
+    model_path = tmp_path / "fashion.npz"
+    command = "train fashion-mnist --epochs 3 --batch-size 16 --backend"
+    code, out, err = run(capsys, command, backend_name, "--data", fashion_dir, "--save", model_path)
+    assert code == 0, err
+    assert "80 training samples, 20 test samples, 784 features" in out
+    assert "model: 784-128-128-10 (ReLU, Softmax)" in out
+    assert "batches of 16" in out and "validation, acc: " in out
+
+    code, out, err = run(capsys, "evaluate", model_path, "fashion-mnist", "--data", fashion_dir)
+    assert code == 0, err
+    assert "test (20 samples), acc: " in out
+
+    # A dark band on a light background, as the book's photos are: predict inverts it.
+    Image = pytest.importorskip("PIL.Image")
+    pixels = np.full((56, 56), 255, dtype=np.uint8)
+    pixels[14:22, :] = 0
+    image_path = tmp_path / "shirt.png"
+    Image.fromarray(pixels).convert("RGB").save(image_path)
+    code, out, err = run(capsys, "predict", model_path, image_path, "--backend", backend_name)
+    assert code == 0, err
+    name, confidence = out.strip().rsplit(", confidence: ", 1)
+    assert name.split(" (class ")[0] in CLASS_NAMES
+    assert 0.1 <= float(confidence) <= 1.0
+
+
+def _corrupt_model(tmp_path):
+    path = tmp_path / "corrupt.npz"
+    path.write_bytes(b"PK\x03\x04 this is not a model")
+    return [path]
+
+
+def _png(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    path = tmp_path / "image.png"
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(path)
+    return path
+
+
+def _spiral_model(tmp_path):
+    path = tmp_path / "spiral.npz"
+    assert main(["train", "spiral", "--epochs", "1", "--quiet", "--save", str(path)]) == 0
+    return path
+
+
+ERRORS = {
+    "unknown command": (lambda t: ["fly"], "invalid choice"),
+    "unknown dataset": (lambda t: ["train", "mnist"], "unknown dataset 'mnist'"),
+    "unknown backend": (lambda t: ["train", "spiral", "--backend", "jax"], "unknown backend 'jax'"),
+    "bad epochs": (lambda t: ["train", "spiral", "--epochs", "ten"], "--epochs: must be a pos"),
+    "zero epochs": (lambda t: ["train", "spiral", "--epochs", "0"], "--epochs: must be a pos"),
+    "bad learning rate": (
+        lambda t: ["train", "spiral", "--learning-rate", "-1"],
+        "--learning-rate: must be a positive number",
+    ),
+    "missing argument": (lambda t: ["evaluate", "model.npz"], "required"),
+    "missing model": (
+        lambda t: ["evaluate", t / "nope.npz", "spiral"],
+        "nope.npz: no such model file",
+    ),
+    "corrupt model": (
+        lambda t: ["evaluate", *_corrupt_model(t), "spiral"],
+        "not a readable portnn file",
+    ),
+    "missing fashion-mnist": (
+        lambda t: ["train", "fashion-mnist", "--data", t],
+        "Fashion-MNIST was not found in",
+    ),
+    "missing image": (
+        lambda t: ["predict", _spiral_model(t), t / "nope.png"],
+        "nope.png: no such image file",
+    ),
+    "model of another dataset": (
+        lambda t: ["evaluate", _spiral_model(t), "sine"],
+        "the model takes 2 inputs but sine has 1",
+    ),
+    "predict with a 2-input model": (
+        lambda t: ["predict", _spiral_model(t), _png(t)],
+        "the model takes 2 inputs",
+    ),
+    "save into a missing folder": (
+        lambda t: ["train", "spiral", "--save", t / "no" / "m.npz"],
+        "does not exist",
+    ),
+    "regions of 784-d data": (
+        lambda t: ["train", "sine", "--plot-regions", t / "r.png"],
+        "--plot-regions draws 2-D data",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_errors_are_one_line(capsys, tmp_path, case):
+    make_argv, expected = ERRORS[case]
+    argv = make_argv(tmp_path)
+    capsys.readouterr()
+    code, out, err = run(capsys, "", *argv)
+    assert code != 0
+    assert "Traceback" not in err + out
+    assert err.startswith("portnn: error: ") and err.endswith("\n")
+    assert err.count("\n") == 1, err
+    assert expected in err
+
+
+def test_predict_rejects_a_file_that_is_not_an_image(capsys, tmp_path, fashion_dir):
+    model_path = tmp_path / "f.npz"
+    argv = ["train", "fashion-mnist", "--epochs", "1", "--quiet"]
+    assert main([*argv, "--data", str(fashion_dir), "--save", str(model_path)]) == 0
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    capsys.readouterr()
+    code, _, err = run(capsys, "predict", model_path, text)
+    assert code == 1 and err.startswith("portnn: error: ") and "not a readable image" in err
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "expected"),
+    [
+        ("sklearn", ["train", "digits"], "pip install scikit-learn"),
+        ("matplotlib", ["train", "spiral", "--plot", "{tmp}/h.png"], "pip install 'portnn[plot]'"),
+        ("PIL", ["predict", "{tmp}/m.npz", "{tmp}/i.png"], "pip install 'portnn[images]'"),
+    ],
+)
+def test_missing_optional_dependency(capsys, monkeypatch, tmp_path, module, argv, expected):
+    if module == "PIL":
+        _spiral_model(tmp_path).rename(tmp_path / "m.npz")
+        capsys.readouterr()
+    for name in list(sys.modules):  # hide the package and any of its modules already imported
+        if name == module or name.startswith(module + "."):
+            monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, module, None)
+    code, out, err = run(capsys, "", *(a.format(tmp=tmp_path) for a in argv))
+    assert code == 1 and out == ""
+    assert err.startswith("portnn: error: ") and err.count("\n") == 1
+    assert expected in err
+
+
+def test_unusable_backend_is_one_line(capsys, monkeypatch):
+    if "cupy" in pn.available_backends():
+        pytest.skip("cupy works here")
+    code, _, err = run(capsys, "train spiral --backend cupy --epochs 1")
+    assert code == 1 and err.startswith("portnn: error: ") and err.count("\n") == 1
+    assert "cupy" in err
+
+
+def test_no_command_prints_help(capsys):
+    code, out, _ = run(capsys)
+    assert code == 2 and "usage: portnn" in out

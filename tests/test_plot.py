@@ -1,0 +1,93 @@
+"""portnn.plot writes real PNG files, from a training history and from a trained model."""
+
+import sys
+
+import pytest
+
+import portnn as pn
+
+pytest.importorskip("matplotlib")
+Image = pytest.importorskip("PIL.Image")
+
+from portnn.plot import plot_decision_regions, plot_history  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path, min_width=200, min_height=200):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        width, height = img.size
+    assert width >= min_width and height >= min_height, (width, height)
+    return width, height
+
+
+def spiral_model(backend, classes=3, epochs=30):
+    X, y = pn.datasets.spiral(40, classes)
+    out, act, loss = (
+        (classes, pn.Softmax(), pn.CategoricalCrossentropy())
+        if classes > 2
+        else (1, pn.Sigmoid(), pn.BinaryCrossentropy())
+    )
+    if classes == 2:
+        y = y.reshape(-1, 1)
+    model = pn.Model([pn.Dense(2, 16), pn.ReLU(), pn.Dense(16, out), act])
+    model.set(loss=loss, optimizer=pn.Adam(learning_rate=0.05))
+    history = model.train(X, y, epochs=epochs, validation_data=(X[::2], y[::2]), print_every=0)
+    return model, X, y, history
+
+
+def test_history_with_validation(backend, tmp_path):
+    model, X, y, history = spiral_model(backend)
+    path = tmp_path / "history.png"
+    assert plot_history(history, path) == path
+    width, height = assert_png(path)
+    assert width > 2 * height  # three panels side by side
+
+
+def test_history_without_validation_or_epochs(tmp_path):
+    history = {"loss": [1.0, 0.5, 0.25], "accuracy": [0.3, 0.6, 0.9]}
+    path = str(tmp_path / "partial.png")
+    assert plot_history(history, path, title="partial") == path
+    assert_png(path)
+
+
+def test_history_with_nothing_to_plot(tmp_path):
+    with pytest.raises(ValueError, match="nothing|no loss"):
+        plot_history({"epoch": [1, 2]}, tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
+
+
+@pytest.mark.parametrize("classes", [3, 2])
+def test_decision_regions(backend, tmp_path, classes):
+    model, X, y, _ = spiral_model(backend, classes)
+    path = tmp_path / "regions.png"
+    assert plot_decision_regions(model, X, y, path, resolution=60) == path
+    assert_png(path)
+
+
+def test_decision_regions_of_backend_arrays_and_a_callable(backend, tmp_path):
+    model, X, y, _ = spiral_model(backend)
+    Xb, yb = backend.asarray(X), backend.asarray(y)
+    path = tmp_path / "callable.png"
+    plot_decision_regions(model.predict, Xb, yb, path, resolution=40)
+    assert_png(path)
+
+
+def test_decision_regions_reject_bad_input(backend, tmp_path):
+    model, X, y, _ = spiral_model(backend, epochs=1)
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        plot_decision_regions(model, X[:, :1], y, tmp_path / "a.png")
+    with pytest.raises(ValueError, match="labels"):
+        plot_decision_regions(model, X, y[:-1], tmp_path / "b.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'portnn\[plot\]'"):
+        plot_history({"loss": [1.0]}, tmp_path / "x.png")
