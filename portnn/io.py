@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import activations, layers, losses, metrics, optimizers, random
-from .backend import Backend, get_backend, to_numpy
+from .backend import DTYPES, Backend, get_backend, to_numpy
 
 if TYPE_CHECKING:
     from .model import Model
@@ -153,9 +153,10 @@ def _read(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, np.ndarra
     with open(path, "rb") as f:  # FileNotFoundError passes through as itself
         data = f.read()
     try:
-        with np.load(_io.BytesIO(data), allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ModelFileError(f"{path} is a single NumPy array, not a portnn file")
+        archive = np.load(_io.BytesIO(data), allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a plain .npy has no `with`
+            raise ModelFileError(f"{path} is a single NumPy array, not a portnn file")
+        with archive:
             arrays = {key: archive[key] for key in archive.files}
     except ModelFileError:
         raise
@@ -164,6 +165,10 @@ def _read(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, np.ndarra
             f"{path} is not a readable portnn file (truncated, corrupt, or another format; "
             f"portnn never unpickles): {exc}"
         ) from exc
+    # NpzFile hands back a member that is not a .npy as raw bytes: a zip, but not ours.
+    odd = sorted(key for key, value in arrays.items() if not isinstance(value, np.ndarray))
+    if odd:
+        raise ModelFileError(f"{path} is a zip archive but not a portnn file: {odd} are not arrays")
     raw = arrays.pop(HEADER, None)
     if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
         raise ModelFileError(f"{path} is a NumPy archive without a portnn header")
@@ -237,6 +242,8 @@ def load_model(path: str | os.PathLike, backend: str | Backend | None = None) ->
     path = os.fspath(path)
     header, arrays = _read(path, "model")
     dtype = header.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ModelFileError(f"{path}: unsupported dtype {dtype!r} in the header")
     target = get_backend(backend, dtype)
     try:
         with random.kept_state():

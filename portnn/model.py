@@ -8,6 +8,7 @@ accuracies are summed on the device and read back only at logging points.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from . import random
 from ._xp import array_namespace, is_integer, quiet_float_errors
 from .activations import Softmax
-from .backend import Backend, backend_of, get_backend
+from .backend import Backend, backend_of, get_backend, to_backend
 from .layers import Dense, Layer
 from .losses import (
     BinaryCrossentropy,
@@ -40,11 +41,15 @@ HISTORY_KEYS = (
     "val_accuracy",
 )
 
+# Epochs whose figures may wait on the device for the next logging point. Each keeps its
+# parameters and optimizer state alive (to restore on divergence), so the wait is bounded.
+_MAX_PENDING = 10
+
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         extra = " or None" if allow_none else ""
         raise ValueError(f"{name} must be a positive integer{extra}, got {value!r}")
 
@@ -105,9 +110,16 @@ class Model:
         for layer in dense:
             layer.compute_dinputs = layer is not self.layers[0]
         self.output_layer = self.layers[-1]
+        softmax_out = isinstance(self.output_layer, Softmax)
+        if type(self.loss) is SoftmaxCategoricalCrossentropy and not softmax_out:
+            raise ValueError(
+                "SoftmaxCategoricalCrossentropy needs a Softmax output layer; end the model "
+                "with pn.Softmax() (CategoricalCrossentropy is then fused automatically)"
+            )
+        # Exact types: a subclass of the loss may change its math, so it runs unfused.
         self._fused = (
-            isinstance(self.output_layer, Softmax)
-            and type(self.loss) is CategoricalCrossentropy
+            softmax_out
+            and type(self.loss) in (CategoricalCrossentropy, SoftmaxCategoricalCrossentropy)
             and len(self.layers) > 1
         )
         self._fused_backward = SoftmaxCategoricalCrossentropy() if self._fused else None
@@ -137,10 +149,18 @@ class Model:
     def to(self, backend: str | Backend, dtype: Any = None) -> Model:
         """Move every parameter and the optimizer's state to ``backend`` (and ``dtype``)."""
         target = get_backend(backend, dtype or self.backend.dtype_name)
+
+        def move(a: Any) -> Any:  # to_backend keeps an array's dtype unless told another
+            return to_backend(a, target, target.dtype_name)
+
         for layer in self.layers:
-            layer.to(target)
+            for name in layer.param_names:
+                setattr(layer, name, move(getattr(layer, name)))
         if self.optimizer is not None:
-            self.optimizer.to(target)
+            for states in self.optimizer.state.values():
+                for name, s in states.items():
+                    if s is not None:
+                        states[name] = type(s)(*(move(a) for a in s))
         return self
 
     def __repr__(self) -> str:
@@ -259,13 +279,16 @@ class Model:
         returns the history: per-epoch lists under ``HISTORY_KEYS``. ``shuffle`` draws a new
         order each epoch on the device. ``progress`` shows a bar (default: on a terminal,
         when printing). A loss that turns NaN or infinite stops training at the next logging
-        point with a FloatingPointError; the model keeps the last finite epoch's parameters.
+        point (at most ``_MAX_PENDING`` epochs later) with a FloatingPointError; the model
+        keeps the last finite epoch's parameters.
         """
         self._require("loss", "optimizer")
         _positive_int("epochs", epochs)
         _positive_int("batch_size", batch_size, allow_none=True)
         if print_every is not None and (
-            isinstance(print_every, bool) or not isinstance(print_every, int) or print_every < 0
+            isinstance(print_every, bool)
+            or not isinstance(print_every, numbers.Integral)
+            or print_every < 0
         ):
             raise ValueError(
                 f"print_every must be a non-negative integer or None, got {print_every!r}"
@@ -315,7 +338,7 @@ class Model:
                             *val, batch_size
                         )
                     pending.append(record)
-                    if epoch % log_every == 0 or epoch == epochs:
+                    if epoch % log_every == 0 or epoch == epochs or len(pending) >= _MAX_PENDING:
                         last_good = self._flush(
                             pending, history, last_good, bar, print_every, epochs
                         )
@@ -331,10 +354,10 @@ class Model:
             values["loss"] = values["data_loss"] + values["regularization_loss"]
             if not math.isfinite(values["loss"]):
                 self._restore(last_good)
-                good = history["epoch"][-1] if history["epoch"] else "the start of this call"
+                good = f"epoch {history['epoch'][-1]}" if history["epoch"] else "before that epoch"
                 raise FloatingPointError(
                     f"training diverged: the loss became {values['loss']} at epoch "
-                    f"{values['epoch']}; the model keeps its parameters from epoch {good}. "
+                    f"{values['epoch']}; the model keeps its parameters from {good}. "
                     f"Try a lower learning rate (it was {values['learning_rate']:.3g})."
                 )
             last_good = record["state"]
@@ -396,7 +419,7 @@ class Model:
         b = self.backend
         moved = []
         for i, (layer, pair) in enumerate(zip(layers, parameters, strict=True)):
-            arrays = [b.asarray(p) for p in pair]
+            arrays = [b.asarray(p, dtype=b.dtype) for p in pair]  # a float32 model stays so
             for name, array in zip(layer.param_names, arrays, strict=True):
                 want = tuple(getattr(layer, name).shape)
                 if tuple(array.shape) != want:

@@ -1,0 +1,751 @@
+"""Model: building, the training loop, evaluation, prediction, parameters, moving between
+backends, divergence, and bad input that must raise and change nothing."""
+
+from __future__ import annotations
+
+import re
+import weakref
+
+import numpy as np
+import pytest
+
+import portnn as pn
+from portnn.backend import library_of
+from portnn.model import HISTORY_KEYS
+
+CPU_BACKENDS = [b for b in ("numpy", "array_api_strict", "torch") if b in pn.available_backends()]
+
+
+def host(x):
+    return np.asarray(pn.to_numpy(x))
+
+
+def host_parameters(model):
+    return [(host(w), host(b)) for w, b in model.get_parameters()]
+
+
+def assert_parameters_equal(a, b, rtol=0.0, atol=0.0):
+    assert len(a) == len(b)
+    for (wa, ba), (wb, bb) in zip(a, b, strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(ba, bb, rtol=rtol, atol=atol)
+
+
+def optimizer_state(model):
+    """Host copies of everything the optimizer carries from step to step."""
+    opt = model.optimizer
+    arrays = {
+        (id(layer), name, field): host(value)
+        for layer, states in opt.state.items()
+        for name, state in states.items()
+        for field, value in zip(getattr(state, "_fields", ()), state or (), strict=True)
+    }
+    return opt.iterations, opt.current_learning_rate, arrays
+
+
+def classifier(hidden=8, classes=3, optimizer=None):
+    model = pn.Model([pn.Dense(2, hidden), pn.ReLU(), pn.Dense(hidden, classes), pn.Softmax()])
+    return model.set(loss=pn.CategoricalCrossentropy(), optimizer=optimizer or pn.Adam(0.01))
+
+
+def binary(hidden=8):
+    model = pn.Model([pn.Dense(2, hidden), pn.ReLU(), pn.Dense(hidden, 1), pn.Sigmoid()])
+    return model.set(loss=pn.BinaryCrossentropy(), optimizer=pn.Adam(0.01))
+
+
+def regressor(hidden=8, optimizer=None):
+    model = pn.Model([pn.Dense(2, hidden), pn.Tanh(), pn.Dense(hidden, 1), pn.Linear()])
+    return model.set(loss=pn.MeanSquaredError(), optimizer=optimizer or pn.Adam(0.01))
+
+
+def regression_data(n=10):
+    X = np.random.RandomState(1).uniform(-1, 1, (n, 2)).astype(np.float32)
+    return X, (X[:, :1] - 2 * X[:, 1:] + 0.5).astype(np.float32)
+
+
+class UnfusedCCE(pn.CategoricalCrossentropy):
+    """Categorical cross-entropy the model does not fuse (only the exact class is fused)."""
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def test_model_from_a_list_equals_model_built_with_add(backend):
+    X, y = pn.datasets.spiral(20, 3)
+    pn.seed(0)
+    listed = pn.Model([pn.Dense(2, 8), pn.ReLU(), pn.Dense(8, 3), pn.Softmax()])
+    pn.seed(0)
+    added = pn.Model()
+    assert added.add(pn.Dense(2, 8)) is added  # add chains
+    added.add(pn.ReLU()).add(pn.Dense(8, 3)).add(pn.Softmax())
+    assert [type(la) for la in added.layers] == [type(la) for la in listed.layers]
+    for model in (listed, added):
+        model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(0.01))
+        model.train(X, y, epochs=3, print_every=None)  # finalize is implicit
+    assert_parameters_equal(host_parameters(listed), host_parameters(added))
+
+
+@pytest.mark.parametrize(
+    ("loss", "accuracy"),
+    [
+        (pn.CategoricalCrossentropy, pn.CategoricalAccuracy),
+        (pn.BinaryCrossentropy, pn.BinaryAccuracy),
+        (pn.MeanSquaredError, pn.RegressionAccuracy),
+        (pn.MeanAbsoluteError, pn.RegressionAccuracy),
+    ],
+)
+def test_set_takes_each_argument_alone_and_picks_a_default_accuracy(backend, loss, accuracy):
+    outputs = 3 if loss is pn.CategoricalCrossentropy else 1
+    model = pn.Model([pn.Dense(2, outputs)])
+    if loss is pn.CategoricalCrossentropy:
+        model.add(pn.Softmax())
+    elif loss is pn.BinaryCrossentropy:
+        model.add(pn.Sigmoid())
+    X = np.random.RandomState(0).uniform(-1, 1, (12, 2))
+    y = np.arange(12) % 3 if outputs == 3 else (X[:, :1] > 0).astype(np.float32)
+    the_loss, optimizer = loss(), pn.SGD(0.1)
+    assert model.set(loss=the_loss) is model
+    model.set(optimizer=optimizer)
+    model.set()  # nothing given: nothing changes
+    assert model.loss is the_loss and model.optimizer is optimizer and model.accuracy is None
+    model.train(X, y, epochs=2, print_every=None)
+    assert type(model.accuracy) is accuracy
+    mine = pn.RegressionAccuracy() if accuracy is pn.RegressionAccuracy else accuracy()
+    model.set(accuracy=mine)
+    assert model.loss is the_loss and model.optimizer is optimizer and model.accuracy is mine
+    model.train(X, y, epochs=1, print_every=None)
+    assert model.optimizer.iterations == 3
+
+
+def test_set_and_add_reject_what_is_not_portnn(backend):
+    model = pn.Model([pn.Dense(2, 3)])
+    with pytest.raises(TypeError, match="loss must be a portnn Loss"):
+        model.set(loss=pn.Adam())
+    with pytest.raises(TypeError, match="optimizer must be a portnn Optimizer"):
+        model.set(optimizer=pn.MeanSquaredError())
+    with pytest.raises(TypeError, match="expects a portnn layer"):
+        pn.Model(["relu"])
+    assert model.loss is None and model.optimizer is None
+
+
+def test_what_is_missing_is_named(backend):
+    X, y = pn.datasets.spiral(10, 3)
+    model = pn.Model([pn.Dense(2, 3), pn.Softmax()])
+    assert host(model.predict(X)).shape == (30, 3)  # predict needs neither loss nor optimizer
+    with pytest.raises(RuntimeError, match=r"no loss or optimizer.*model\.set\(loss=\.\.\."):
+        model.train(X, y)
+    model.set(loss=pn.CategoricalCrossentropy())
+    model.evaluate(X, y)  # evaluate needs no optimizer
+    with pytest.raises(RuntimeError, match=r"model\.set\(optimizer=\.\.\.\)"):
+        model.train(X, y)
+    with pytest.raises(ValueError, match="no layers"):
+        pn.Model().predict(X)
+    with pytest.raises(ValueError, match="do not chain"):
+        pn.Model([pn.Dense(2, 4), pn.ReLU(), pn.Dense(5, 3)]).predict(X)
+
+
+# --- softmax + cross-entropy ------------------------------------------------------------------
+
+
+def _count_softmax_backward(model, monkeypatch):
+    softmax, calls = model.layers[-1], []
+    original = softmax.backward
+
+    def counted(dvalues):
+        calls.append(1)
+        return original(dvalues)
+
+    monkeypatch.setattr(softmax, "backward", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("loss", "fused"),
+    [
+        (pn.CategoricalCrossentropy, True),
+        (pn.SoftmaxCategoricalCrossentropy, True),
+        (UnfusedCCE, False),
+    ],
+)
+def test_softmax_with_cross_entropy_is_fused_automatically(backend, monkeypatch, loss, fused):
+    X, y = pn.datasets.spiral(10, 3)
+    model = pn.Model([pn.Dense(2, 8), pn.ReLU(), pn.Dense(8, 3), pn.Softmax()])
+    model.set(loss=loss(), optimizer=pn.SGD())
+    calls = _count_softmax_backward(model, monkeypatch)
+    model.train(X, y, epochs=2, print_every=None)
+    assert len(calls) == (0 if fused else 2)
+
+
+@pytest.mark.parametrize("loss", [pn.CategoricalCrossentropy, pn.SoftmaxCategoricalCrossentropy])
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_fused_gradients_equal_the_unfused_chain(backend64, loss, one_hot):
+    X, y = pn.datasets.spiral(20, 3)
+    if one_hot:
+        y = np.eye(3, dtype=np.float32)[y]
+    pn.seed(1)
+    model = pn.Model([pn.Dense(2, 16), pn.ReLU(), pn.Dense(16, 3), pn.Softmax()])
+    model.set(loss=loss(), optimizer=pn.SGD(learning_rate=0.5))
+    pn.seed(1)  # the same weights, in layers driven by hand through the unfused chain
+    dense1, relu, dense2, softmax = pn.Dense(2, 16), pn.ReLU(), pn.Dense(16, 3), pn.Softmax()
+    Xb, yb = backend64.asarray(X), backend64.asarray(y)
+    out = softmax.forward(dense2.forward(relu.forward(dense1.forward(Xb))))
+    dvalues = softmax.backward(pn.CategoricalCrossentropy().backward(out, yb))
+    dense1.backward(relu.backward(dense2.backward(dvalues)))
+
+    model.train(X, y, epochs=1, print_every=None)  # one full-batch step
+    for mine, manual in ((model.layers[0], dense1), (model.layers[2], dense2)):
+        np.testing.assert_allclose(
+            host(mine.dweights), host(manual.dweights), rtol=1e-9, atol=1e-12
+        )
+        np.testing.assert_allclose(host(mine.dbiases), host(manual.dbiases), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            host(mine.weights),
+            host(manual.weights) - 0.5 * host(manual.dweights),
+            rtol=1e-12,
+            atol=1e-15,
+        )
+
+
+def test_softmax_cross_entropy_loss_needs_a_softmax_output(backend):
+    X, y = pn.datasets.spiral(10, 3)
+    model = pn.Model([pn.Dense(2, 3), pn.Linear()])
+    model.set(loss=pn.SoftmaxCategoricalCrossentropy(), optimizer=pn.SGD())
+    with pytest.raises(ValueError, match="needs a Softmax output layer"):
+        model.train(X, y)
+
+
+# --- small models -----------------------------------------------------------------------------
+
+
+def test_a_one_layer_model_fits_a_line(backend):
+    X, y = regression_data(64)
+    model = pn.Model([pn.Dense(2, 1)])
+    model.set(loss=pn.MeanSquaredError(), optimizer=pn.SGD(learning_rate=0.5))
+    history = model.train(X, y, epochs=200, print_every=None)
+    ((weights, biases),) = host_parameters(model)
+    np.testing.assert_allclose(weights, [[1.0], [-2.0]], atol=1e-3)
+    np.testing.assert_allclose(biases, [[0.5]], atol=1e-3)
+    assert history["loss"][-1] < 1e-6
+    np.testing.assert_allclose(host(model.predict(X)), y, atol=1e-3)
+
+
+def test_a_one_dense_softmax_classifier_learns(backend):
+    X, y = pn.datasets.vertical(50, 3)
+    model = pn.Model([pn.Dense(2, 3), pn.Softmax()])  # the fused backward reaches layer 0
+    model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(learning_rate=0.05))
+    history = model.train(X, y, epochs=150, print_every=None)
+    # The classes overlap a little: a linear boundary gets about 0.91 (0.34 at the start).
+    assert history["accuracy"][-1] >= 0.85
+    assert model.evaluate(X, y)[1] >= 0.85
+
+
+# --- the training loop ------------------------------------------------------------------------
+
+
+def test_history_has_every_key_for_every_epoch(backend):
+    X, y = pn.datasets.spiral(20, 3)
+    X_val, y_val = pn.datasets.spiral(10, 3)
+    model = pn.Model(
+        [pn.Dense(2, 8, weight_regularizer_l2=1e-3), pn.ReLU(), pn.Dense(8, 3), pn.Softmax()]
+    )
+    model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(0.02, decay=0.1))
+    loss0, accuracy0 = model.evaluate(X, y)
+    history = model.train(X, y, epochs=5, validation_data=(X_val, y_val), print_every=None)
+    assert list(history) == list(HISTORY_KEYS)
+    assert all(len(values) == 5 for values in history.values())
+    assert history["epoch"] == [1, 2, 3, 4, 5]
+    for key in HISTORY_KEYS[1:]:
+        assert all(type(v) is float and np.isfinite(v) for v in history[key]), key
+    # Full batch: epoch 1's figures are those of the initial model, and the last validation
+    # figures are those of the final model.
+    assert history["data_loss"][0] == pytest.approx(loss0, rel=1e-5)
+    assert history["accuracy"][0] == pytest.approx(accuracy0)
+    val_loss, val_accuracy = model.evaluate(X_val, y_val)
+    assert history["val_loss"][-1] == pytest.approx(val_loss, rel=1e-5)
+    assert history["val_accuracy"][-1] == pytest.approx(val_accuracy)
+    for loss, data, reg in zip(
+        history["loss"], history["data_loss"], history["regularization_loss"], strict=True
+    ):
+        assert loss == pytest.approx(data + reg) and reg > 0
+    assert history["learning_rate"] == pytest.approx([0.02 / (1 + 0.1 * t) for t in range(5)])
+
+    again = model.train(X, y, epochs=2, print_every=None)  # a new call, a new history
+    assert again["epoch"] == [1, 2]
+    assert again["val_loss"] == [None, None] and again["val_accuracy"] == [None, None]
+
+
+BOOK_LINE = re.compile(
+    r"epoch: (\d+), acc: (\d\.\d{3}), loss: (\d+\.\d{3}) \(data_loss: (\d+\.\d{3}), "
+    r"reg_loss: (\d+\.\d{3})\), lr: ([0-9.e+-]+)"
+)
+
+
+def test_print_every_prints_the_book_summary_line(backend, capsys):
+    X, y = pn.datasets.spiral(20, 3)
+    X_val, y_val = pn.datasets.spiral(10, 3)
+    model = classifier(optimizer=pn.Adam(0.02, decay=0.1))
+    history = model.train(X, y, epochs=5, print_every=2, validation_data=(X_val, y_val))
+    out, err = capsys.readouterr()
+    assert err == ""  # no progress bar off a terminal
+    lines = out.splitlines()
+    assert len(lines) == 6  # epochs 2 and 4, and the last one, each with its validation line
+    for i, epoch in enumerate((2, 4, 5)):
+        match = BOOK_LINE.fullmatch(lines[2 * i])
+        assert match, lines[2 * i]
+        e = epoch - 1
+        assert int(match[1]) == epoch
+        assert match[2] == f"{history['accuracy'][e]:.3f}"
+        assert match[3] == f"{history['loss'][e]:.3f}"
+        assert float(match[6]) == pytest.approx(history["learning_rate"][e])
+        assert lines[2 * i + 1] == (
+            f"validation, acc: {history['val_accuracy'][e]:.3f}, loss: {history['val_loss'][e]:.3f}"
+        )
+
+    for quiet in (None, 0):
+        model.train(X, y, epochs=3, print_every=quiet)
+        assert capsys.readouterr() == ("", "")
+    model.train(X, y, epochs=1)  # the default prints every epoch
+    assert BOOK_LINE.fullmatch(capsys.readouterr().out.strip())
+
+
+def test_shuffle_false_is_the_books_loop_and_handles_the_last_partial_batch(backend):
+    X, y = regression_data(10)
+    pn.seed(3)
+    model = regressor()
+    pn.seed(3)
+    layers = [pn.Dense(2, 8), pn.Tanh(), pn.Dense(8, 1), pn.Linear()]
+    loss, optimizer = pn.MeanSquaredError(), pn.Adam(0.01)
+    history = model.train(X, y, epochs=2, batch_size=3, shuffle=False, print_every=None)
+    assert model.optimizer.iterations == 8  # ceil(10 / 3) steps per epoch
+
+    Xb, yb = backend.asarray(X), backend.asarray(y)
+    for _ in range(2):  # the book's loop, in order: batches of 3, 3, 3 and 1
+        losses = []
+        for start in range(0, 10, 3):
+            batch = slice(start, min(start + 3, 10))  # the standard has no out-of-range stops
+            out = Xb[batch, ...]
+            for layer in layers:
+                out = layer.forward(out, training=True)
+            losses.append(host(loss.forward(out, yb[batch, ...])))
+            dvalues = loss.backward(out, yb[batch, ...])
+            for layer in reversed(layers):
+                dvalues = layer.backward(dvalues)
+            optimizer.step(layers)
+        assert [len(b) for b in losses] == [3, 3, 3, 1]
+    assert_parameters_equal(
+        host_parameters(model), [(host(la.weights), host(la.biases)) for la in layers[::2]]
+    )
+    # The epoch's loss is the mean over all 10 samples, not the mean of the batch means.
+    assert history["data_loss"][-1] == pytest.approx(float(np.concatenate(losses).mean()))
+
+
+def test_shuffle_is_repeatable_with_seed(backend):
+    X, y = pn.datasets.spiral(20, 3)
+
+    def run(seed, shuffle):
+        pn.seed(seed)
+        model = classifier()
+        model.train(X, y, epochs=3, batch_size=8, shuffle=shuffle, print_every=None)
+        return host_parameters(model)
+
+    shuffled = run(0, True)
+    assert_parameters_equal(shuffled, run(0, True))
+    assert_parameters_equal(run(0, False), run(0, False))
+    # The spiral comes in class order, so batches in that order train a different model.
+    assert not np.allclose(shuffled[0][0], run(0, False)[0][0])
+
+
+def test_batch_size_beyond_the_data_is_one_batch(backend):
+    X, y = pn.datasets.spiral(5, 3)
+    model = classifier()
+    model.train(X, y, epochs=2, batch_size=1000, print_every=None)
+    assert model.optimizer.iterations == 2
+
+
+def test_numpy_integers_are_accepted_as_counts(backend):
+    X, y = pn.datasets.spiral(5, 3)
+    model = classifier()
+    model.train(X, y, epochs=np.int64(2), batch_size=np.int32(4), print_every=np.int64(0))
+    assert model.optimizer.iterations == 8
+
+
+def test_waiting_epochs_do_not_pile_up_parameters(backend):
+    """A silent run reads its figures back every few epochs, so the parameters kept for a
+    possible restore do not grow with the number of epochs."""
+    X, y = pn.datasets.spiral(5, 3)
+    alive_counts, refs = [], []
+
+    class Watching(pn.SGD):
+        def post_update_params(self):
+            super().post_update_params()
+            refs.append(weakref.ref(model.layers[0].weights))
+            alive_counts.append(sum(ref() is not None for ref in refs))
+
+    model = classifier(optimizer=Watching(0.1))
+    model.train(X, y, epochs=100, print_every=None)
+    assert max(alive_counts) <= 12
+
+
+# --- evaluate and predict ---------------------------------------------------------------------
+
+
+def test_predict_in_batches_equals_predict_at_once(backend):
+    X, _ = pn.datasets.spiral(20, 3)
+    model = classifier()
+    whole = model.predict(X)
+    assert library_of(whole) == backend.name and tuple(whole.shape) == (60, 3)
+    batched = model.predict(X, batch_size=7)
+    assert library_of(batched) == backend.name
+    np.testing.assert_allclose(host(batched), host(whole), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(host(whole).sum(axis=1), 1, rtol=1e-5)
+
+
+def test_evaluate_returns_floats(backend):
+    X, y = pn.datasets.spiral(20, 3)
+    model = classifier()
+    model.train(X, y, epochs=5, print_every=None)
+    loss, accuracy = model.evaluate(X, y)
+    assert type(loss) is float and type(accuracy) is float
+    probabilities = host(model.predict(X))
+    expected = -np.log(np.clip(probabilities[np.arange(60), y], 1e-7, 1 - 1e-7)).mean()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert accuracy == pytest.approx((probabilities.argmax(axis=1) == y).mean())
+    assert model.evaluate(X, y, batch_size=7) == pytest.approx((loss, accuracy), rel=1e-5)
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+def test_get_and_set_parameters_round_trip(backend):
+    X, y = pn.datasets.spiral(20, 3)
+    trained = classifier()
+    trained.train(X, y, epochs=5, print_every=None)
+    pn.seed(7)
+    fresh = classifier()
+    fresh.set_parameters(trained.get_parameters())
+    np.testing.assert_array_equal(host(fresh.predict(X)), host(trained.predict(X)))
+
+    pn.seed(7)
+    from_numpy = classifier()
+    before = host_parameters(from_numpy)
+    # NumPy float64 arrays land on the model's backend, in the model's dtype.
+    from_numpy.set_parameters([(w.astype(np.float64), b) for w, b in host_parameters(trained)])
+    for w, b in from_numpy.get_parameters():
+        assert library_of(w) == library_of(b) == backend.name
+        assert host(w).dtype == host(b).dtype == np.float32
+    assert_parameters_equal(host_parameters(from_numpy), host_parameters(trained))
+
+    from_numpy.set_parameters([(np.ones(w.shape, int), np.zeros(b.shape, int)) for w, b in before])
+    for w, b in from_numpy.get_parameters():  # integers become the model's floats
+        assert host(w).dtype == host(b).dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda p: [p[0], (p[1][0][:, :2], p[1][1])],  # the last weights one column short
+        lambda p: [p[0], (p[1][0], p[1][1].reshape(-1))],  # biases 1-D
+        lambda p: [(p[0][0].T, p[0][1]), p[1]],  # the first weights transposed
+        lambda p: p[:1],  # one pair for two layers
+        lambda p: p + p[:1],
+    ],
+)
+def test_set_parameters_with_wrong_shapes_raises_and_changes_nothing(backend, bad):
+    model = classifier()
+    before = model.get_parameters()
+    before_host = host_parameters(model)
+    with pytest.raises(ValueError, match="expected shape|parameter pairs"):
+        model.set_parameters(bad(host_parameters(model)))
+    after = model.get_parameters()
+    assert all(
+        a is b for pa, pb in zip(before, after, strict=True) for a, b in zip(pa, pb, strict=True)
+    )
+    assert_parameters_equal(host_parameters(model), before_host)
+
+
+# --- moving between backends ------------------------------------------------------------------
+
+
+def _assert_on(model, name, dtype):
+    arrays = [a for pair in model.get_parameters() for a in pair]
+    arrays += [a for states in model.optimizer.state.values() for s in states.values() for a in s]
+    assert arrays and all(library_of(a) == name for a in arrays)
+    assert all(host(a).dtype == dtype for a in arrays)
+    assert model.backend.name == name
+
+
+def test_to_moves_parameters_and_optimizer_state_and_training_continues(backend64):
+    # Float64: in float32, Adam turns the rounding noise of near-zero gradients into visible
+    # differences between libraries within a few steps.
+    X, y = pn.datasets.spiral(20, 3)
+    name = backend64.name
+
+    def build():
+        pn.seed(0)
+        return classifier(optimizer=pn.Adam(0.02, decay=1e-2))
+
+    reference = build()
+    reference.train(X, y, epochs=6, print_every=None)
+
+    with pn.use_backend("numpy", dtype="float64"):
+        model = build()
+    model.train(X, y, epochs=2, print_every=None)
+    _assert_on(model, "numpy", np.float64)
+    assert model.to(name) is model
+    _assert_on(model, name, np.float64)
+    model.train(X, y, epochs=2, print_every=None)
+    model.to("numpy")
+    _assert_on(model, "numpy", np.float64)
+    model.train(X, y, epochs=2, print_every=None)
+    assert model.optimizer.iterations == reference.optimizer.iterations == 6
+    assert model.optimizer.current_learning_rate == reference.optimizer.current_learning_rate
+    assert_parameters_equal(
+        host_parameters(model), host_parameters(reference), rtol=1e-9, atol=1e-12
+    )
+
+
+def test_to_a_dtype_converts_parameters_and_state(backend):
+    X, y = pn.datasets.spiral(10, 3)
+    model = classifier()
+    model.train(X, y, epochs=2, print_every=None)
+    model.to(backend.name, dtype="float64")
+    _assert_on(model, backend.name, np.float64)
+    model.train(X, y, epochs=1, print_every=None)
+    _assert_on(model, backend.name, np.float64)
+    model.to(backend.name, dtype="float32")
+    _assert_on(model, backend.name, np.float32)
+
+
+@pytest.mark.parametrize("make", [classifier, binary, regressor])
+def test_a_float32_model_stays_float32_through_training(backend, make):
+    X64 = np.random.RandomState(0).uniform(-1, 1, (30, 2))  # float64 data
+    if make is classifier:
+        y = np.arange(30) % 3
+    elif make is binary:
+        y = (X64[:, :1] > 0).astype(np.float64)
+    else:
+        y = X64[:, :1] * 2.0
+    model = make()
+    model.train(X64, y, epochs=3, batch_size=8, validation_data=(X64, y), print_every=None)
+    _assert_on(model, backend.name, np.float32)
+    assert host(model.predict(X64)).dtype == np.float32
+
+
+# --- divergence -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("print_every", [1, None])
+@pytest.mark.parametrize(
+    ("batch_size", "learning_rate", "finite_epochs"),
+    [(None, 1e6, True), (4, 2.0, True), (4, 1e6, False)],  # the last diverges in epoch 1
+)
+def test_divergence_raises_and_keeps_the_last_finite_epoch(
+    backend, print_every, batch_size, learning_rate, finite_epochs
+):
+    # |x| up to 10 and SGD at these rates: each step multiplies the weight's error many times
+    # over, so the squared error overflows float32 within a few epochs (epoch 3 here) while
+    # the weights stay finite.
+    X = np.linspace(-10, 10, 16, dtype=np.float32).reshape(-1, 1)
+    y = 3 * X
+
+    def build():
+        pn.seed(0)
+        model = pn.Model([pn.Dense(1, 1), pn.Linear()])
+        return model.set(loss=pn.MeanSquaredError(), optimizer=pn.SGD(learning_rate))
+
+    model = build()
+    kwargs = {"batch_size": batch_size, "shuffle": False}
+    with pytest.raises(FloatingPointError) as caught:
+        model.train(X, y, epochs=30, print_every=print_every, **kwargs)
+    message = str(caught.value)
+    assert "Try a lower learning rate" in message
+    good = int(re.search(r"the loss became (?:inf|nan) at epoch (\d+)", message)[1]) - 1
+    assert (good >= 1) == finite_epochs
+    assert f"keeps its parameters from {f'epoch {good}' if good else 'before'}" in message
+    kept = host_parameters(model)
+    assert all(np.isfinite(a).all() for pair in kept for a in pair)
+
+    reference = build()  # the same model, trained for the finite epochs only
+    if good:
+        history = reference.train(X, y, epochs=good, print_every=None, **kwargs)
+        assert np.isfinite(history["loss"]).all()
+    assert_parameters_equal(kept, host_parameters(reference))
+    assert model.optimizer.iterations == reference.optimizer.iterations
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+N = 30
+
+
+def _data(kind):
+    X = np.random.RandomState(0).uniform(-1, 1, (N, 2)).astype(np.float32)
+    if kind == "classifier":
+        return X, np.arange(N) % 3
+    if kind == "binary":
+        return X, (X[:, :1] > 0).astype(np.float32)
+    return X, X[:, :1] * 2
+
+
+def _with(X, row, value):
+    X = X.copy()
+    X[row, 0] = value
+    return X
+
+
+# (model, what to change, exception, message)
+BAD_TRAIN = [
+    ("classifier", lambda X, y: (X[:-1], y), {}, ValueError, "different lengths"),
+    ("classifier", lambda X, y: (X, y[:-1]), {}, ValueError, "different lengths"),
+    ("classifier", lambda X, y: (X, y[0]), {}, ValueError, "different lengths"),
+    ("classifier", lambda X, y: (np.c_[X, X], y), {}, ValueError, "4 features"),
+    ("classifier", lambda X, y: (X[:, 0], y), {}, ValueError, "2-D"),
+    ("classifier", lambda X, y: (X[:0], y[:0]), {}, ValueError, "no samples"),
+    ("classifier", lambda X, y: (_with(X, 3, np.nan), y), {}, ValueError, "NaN"),
+    ("classifier", lambda X, y: (_with(X, 3, np.inf), y), {}, ValueError, "infinite"),
+    ("classifier", lambda X, y: (_with(X, 3, -np.inf), y), {}, ValueError, "infinite"),
+    ("classifier", lambda X, y: (X, y + 1), {}, ValueError, r"labels must lie in \[0, 3\)"),
+    ("classifier", lambda X, y: (X, y - 1), {}, ValueError, r"labels must lie in \[0, 3\)"),
+    ("classifier", lambda X, y: (X, y.astype(np.float32)), {}, TypeError, "integers"),
+    ("classifier", lambda X, y: (X, np.eye(4)[y]), {}, ValueError, "one-hot"),
+    ("classifier", lambda X, y: (X, np.eye(3)[y][:, :, None]), {}, ValueError, "class indices"),
+    ("binary", lambda X, y: (X, y[:, 0]), {}, ValueError, r"reshape it with y\.reshape"),
+    ("binary", lambda X, y: (X, y * 2), {}, ValueError, r"in \[0, 1\]"),
+    ("binary", lambda X, y: (X, np.c_[y, y]), {}, ValueError, r"shape \(30, 1\)"),
+    ("regressor", lambda X, y: (X, _with(y, 2, np.nan)), {}, ValueError, "NaN or infinity"),
+    ("regressor", lambda X, y: (X, y[:, 0]), {}, ValueError, "reshape"),
+]
+BAD_TRAIN += [
+    ("classifier", lambda X, y: (X, y), {name: value}, ValueError, f"{name} must be a positive")
+    for name in ("epochs", "batch_size")
+    for value in (0, -1, 2.5, True, "3")
+]
+BAD_TRAIN += [
+    ("classifier", lambda X, y: (X, y), {"print_every": -1}, ValueError, "print_every"),
+    ("classifier", lambda X, y: (X, y), {"print_every": 1.5}, ValueError, "print_every"),
+    (
+        "classifier",
+        lambda X, y: (X, y),
+        {"validation_data": (np.ones((5, 2)),)},
+        ValueError,
+        "a pair",
+    ),
+    ("classifier", lambda X, y: (X, y), {"validation_data": np.ones((5, 2))}, ValueError, "a pair"),
+    (
+        "classifier",
+        lambda X, y: (X, y),
+        {"validation_data": (np.ones((5, 3)), np.zeros(5, int))},
+        ValueError,
+        "3 features",
+    ),
+    (
+        "classifier",
+        lambda X, y: (X, y),
+        {"validation_data": (np.ones((5, 2)), np.full(5, 3))},
+        ValueError,
+        "labels must lie",
+    ),
+]
+MAKERS = {"classifier": classifier, "binary": binary, "regressor": regressor}
+
+
+def _trained(kind):
+    model = MAKERS[kind]()
+    model.train(*_data(kind), epochs=2, print_every=None)  # so the optimizer has state
+    return model
+
+
+def _unchanged(model):
+    before = host_parameters(model), optimizer_state(model)
+
+    def check():
+        assert_parameters_equal(host_parameters(model), before[0])
+        iterations, lr, arrays = optimizer_state(model)
+        assert (iterations, lr) == before[1][:2]
+        assert arrays.keys() == before[1][2].keys()
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(value, before[1][2][key])
+
+    return check
+
+
+@pytest.mark.parametrize(("kind", "change", "kwargs", "error", "match"), BAD_TRAIN)
+def test_bad_input_to_train_raises_and_changes_nothing(backend, kind, change, kwargs, error, match):
+    model = _trained(kind)
+    check = _unchanged(model)
+    X, y = change(*_data(kind))
+    kwargs = {"epochs": 2, "print_every": None, **kwargs}
+    with pytest.raises(error, match=match):
+        model.train(X, y, **kwargs)
+    check()
+
+
+BAD_EVALUATE = [row for row in BAD_TRAIN if not row[2]]
+
+
+@pytest.mark.parametrize(("kind", "change", "kwargs", "error", "match"), BAD_EVALUATE)
+def test_bad_input_to_evaluate_raises_and_changes_nothing(
+    backend, kind, change, kwargs, error, match
+):
+    model = _trained(kind)
+    check = _unchanged(model)
+    with pytest.raises(error, match=match):
+        model.evaluate(*change(*_data(kind)))
+    check()
+
+
+@pytest.mark.parametrize(
+    ("X", "match"),
+    [
+        (np.ones((4, 3)), "3 features"),
+        (np.ones(4), "2-D"),
+        (np.ones((4, 2, 1)), "2-D"),
+        (np.ones((0, 2)), "no samples"),
+        (np.array([[0.0, np.nan]]), "NaN"),
+        (np.array([[np.inf, 0.0]]), "infinite"),
+    ],
+)
+def test_bad_input_to_predict_raises(backend, X, match):
+    model = _trained("classifier")
+    check = _unchanged(model)
+    with pytest.raises(ValueError, match=match):
+        model.predict(X)
+    check()
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_bad_batch_size_to_evaluate_and_predict_raises(backend, batch_size):
+    model = _trained("classifier")
+    X, y = _data("classifier")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer or None"):
+        model.evaluate(X, y, batch_size=batch_size)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer or None"):
+        model.predict(X, batch_size=batch_size)
+
+
+def test_arrays_of_another_library_raise_and_numpy_is_always_accepted(backend):
+    others = [b for b in CPU_BACKENDS if b not in ("numpy", backend.name)]
+    if not others:
+        pytest.skip("no other array library is installed")
+    model = _trained("classifier")
+    check = _unchanged(model)
+    X, y = _data("classifier")
+    for other in others:
+        Xo, yo = pn.to_backend(X, other), pn.to_backend(y, other)
+        hint = rf"got a {other} array.*portnn\.to_backend\(x, '{backend.name}'\)"
+        for method, args, kwargs in (
+            (model.train, (Xo, y), {"print_every": None}),
+            (model.train, (X, yo), {"print_every": None}),
+            (model.train, (X, y), {"validation_data": (Xo, yo), "print_every": None}),
+            (model.evaluate, (Xo, yo), {}),
+            (model.predict, (Xo,), {}),
+        ):
+            with pytest.raises(TypeError, match=hint):
+                method(*args, **kwargs)
+            check()
+    # NumPy, and the model's own arrays, are accepted.
+    model.train(X, y, epochs=1, print_every=None)
+    mine = pn.to_backend(X, backend.name), pn.to_backend(y, backend.name)
+    model.train(*mine, epochs=1, print_every=None)
+    assert model.optimizer.iterations == 4
+    np.testing.assert_allclose(host(model.predict(mine[0])), host(model.predict(X)))
