@@ -29,6 +29,9 @@ def is_integer(x: Any) -> bool:
 def one_hot(y: Any, classes: int, dtype: Any) -> Any:
     """Class indices ``(N,)`` as one-hot rows ``(N, classes)`` of ``dtype``."""
     xp = array_namespace(y)
+    # int64 first: array_api_strict cannot compare uint64 with arange's int64, and torch
+    # implements few operations for uint16/32/64.
+    y = xp.astype(y, xp.int64)
     return xp.astype(y[:, None] == xp.arange(classes, device=device(y)), dtype)
 
 

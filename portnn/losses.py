@@ -114,7 +114,8 @@ class CategoricalCrossentropy(Loss):
                     "convert them with y.astype('int64') or pass one-hot rows"
                 )
             if values and y_true.shape[0]:
-                low, high = int(xp.min(y_true)), int(xp.max(y_true))
+                labels = xp.astype(y_true, xp.int64)  # torch has no min/max for uint16/32/64
+                low, high = int(xp.min(labels)), int(xp.max(labels))
                 if low < 0 or high >= n_outputs:
                     raise ValueError(
                         f"labels must lie in [0, {n_outputs}) for {n_outputs} outputs; "

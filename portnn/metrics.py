@@ -24,10 +24,11 @@ class Accuracy:
     def calculate(self, predictions: Any, y: Any) -> float:
         comparisons = self.compare(predictions, y)
         xp = array_namespace(comparisons)
-        hits = xp.sum(xp.astype(comparisons, xp.int64))
-        self.accumulated_sum = self.accumulated_sum + hits
+        # A Python int: a float + integer-array sum is refused by array_api_strict.
+        hits = int(xp.sum(xp.astype(comparisons, xp.int64)))
+        self.accumulated_sum += hits
         self.accumulated_count += math.prod(comparisons.shape)
-        return int(hits) / max(math.prod(comparisons.shape), 1)
+        return hits / max(math.prod(comparisons.shape), 1)
 
     def calculate_accumulated(self) -> float:
         if self.accumulated_count == 0:
@@ -35,7 +36,7 @@ class Accuracy:
         return float(self.accumulated_sum) / self.accumulated_count
 
     def new_pass(self) -> None:
-        self.accumulated_sum = 0.0
+        self.accumulated_sum = 0
         self.accumulated_count = 0
 
     def get_config(self) -> dict:

@@ -16,7 +16,9 @@ def test_digits_reach_95_percent_test_accuracy(backend):
     order = np.random.RandomState(0).permutation(len(X))
     train, test = order[:1400], order[1400:]
 
-    model = pn.Model([pn.Dense(64, 128, weight_init="he"), pn.ReLU(), pn.Dense(128, 10), pn.Softmax()])
+    model = pn.Model(
+        [pn.Dense(64, 128, weight_init="he"), pn.ReLU(), pn.Dense(128, 10), pn.Softmax()]
+    )
     model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(learning_rate=0.005, decay=1e-3))
     history = model.train(X[train], y[train], epochs=20, batch_size=64, print_every=0)
     loss, accuracy = model.evaluate(X[test], y[test])
