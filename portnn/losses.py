@@ -114,7 +114,7 @@ class CategoricalCrossentropy(Loss):
                     "convert them with y.astype('int64') or pass one-hot rows"
                 )
             if values and y_true.shape[0]:
-                labels = xp.astype(y_true, xp.int64)  # torch has no min/max for uint16/32/64
+                labels = xp.astype(y_true, xp.int64, copy=False)  # torch has no min/max for uint16/32/64
                 low, high = int(xp.min(labels)), int(xp.max(labels))
                 if low < 0 or high >= n_outputs:
                     raise ValueError(
@@ -138,7 +138,7 @@ class CategoricalCrossentropy(Loss):
         if y_true.ndim == 1:
             confidences = pick(p, y_true)
         else:
-            confidences = xp.sum(p * xp.astype(y_true, p.dtype), axis=1)
+            confidences = xp.sum(p * xp.astype(y_true, p.dtype, copy=False), axis=1)
         return -xp.log(confidences)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
@@ -146,7 +146,7 @@ class CategoricalCrossentropy(Loss):
         n, classes = dvalues.shape
         if y_true.ndim == 1:
             y_true = one_hot(y_true, classes, dvalues.dtype)
-        self.dinputs = -(xp.astype(y_true, dvalues.dtype) / dvalues) / n
+        self.dinputs = -(xp.astype(y_true, dvalues.dtype, copy=False) / dvalues) / n
         return self.dinputs
 
 
@@ -164,14 +164,14 @@ class BinaryCrossentropy(Loss):
     def _forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = array_namespace(y_pred)
         p = xp.clip(y_pred, EPS, 1 - EPS)
-        y = xp.astype(y_true, p.dtype)
+        y = xp.astype(y_true, p.dtype, copy=False)
         return xp.mean(-(y * xp.log(p) + (1 - y) * xp.log(1 - p)), axis=-1)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         xp = array_namespace(dvalues)
         n, outputs = dvalues.shape
         c = xp.clip(dvalues, EPS, 1 - EPS)
-        y = xp.astype(y_true, dvalues.dtype)
+        y = xp.astype(y_true, dvalues.dtype, copy=False)
         self.dinputs = -(y / c - (1 - y) / (1 - c)) / outputs / n
         return self.dinputs
 
@@ -182,13 +182,13 @@ class MeanSquaredError(Loss):
 
     def _forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = array_namespace(y_pred)
-        diff = xp.astype(y_true, y_pred.dtype) - y_pred
+        diff = xp.astype(y_true, y_pred.dtype, copy=False) - y_pred
         return xp.mean(diff * diff, axis=-1)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         xp = array_namespace(dvalues)
         n, outputs = dvalues.shape
-        self.dinputs = -2 * (xp.astype(y_true, dvalues.dtype) - dvalues) / outputs / n
+        self.dinputs = -2 * (xp.astype(y_true, dvalues.dtype, copy=False) - dvalues) / outputs / n
         return self.dinputs
 
 
@@ -198,12 +198,12 @@ class MeanAbsoluteError(Loss):
 
     def _forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = array_namespace(y_pred)
-        return xp.mean(xp.abs(xp.astype(y_true, y_pred.dtype) - y_pred), axis=-1)
+        return xp.mean(xp.abs(xp.astype(y_true, y_pred.dtype, copy=False) - y_pred), axis=-1)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         xp = array_namespace(dvalues)
         n, outputs = dvalues.shape
-        self.dinputs = xp.sign(dvalues - xp.astype(y_true, dvalues.dtype)) / outputs / n
+        self.dinputs = xp.sign(dvalues - xp.astype(y_true, dvalues.dtype, copy=False)) / outputs / n
         return self.dinputs
 
 
@@ -229,5 +229,5 @@ class SoftmaxCategoricalCrossentropy(CategoricalCrossentropy):
         n, classes = dvalues.shape
         if y_true.ndim == 1:
             y_true = one_hot(y_true, classes, dvalues.dtype)
-        self.dinputs = (dvalues - xp.astype(y_true, dvalues.dtype)) / n
+        self.dinputs = (dvalues - xp.astype(y_true, dvalues.dtype, copy=False)) / n
         return self.dinputs

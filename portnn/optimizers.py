@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from ._xp import array_namespace
+from ._xp import adam_update, array_namespace
 from .backend import Backend, to_backend
 from .layers import Layer
 
@@ -183,15 +183,15 @@ class Adam(Optimizer):
         self.beta_2 = _check("beta_2", beta_2, 0.0, 1.0)
 
     def _update(self, param, grad, state):
-        xp = array_namespace(param)
         b1, b2, t = self.beta_1, self.beta_2, self.iterations + 1
-        m = b1 * state.momentum + (1 - b1) * grad
-        v = b2 * state.cache + (1 - b2) * (grad * grad)
         # The book's formula with both corrections folded into two scalars:
         # (m / c1) / (sqrt(v / c2) + eps) == (sqrt(c2) / c1) * m / (sqrt(v) + eps * sqrt(c2)).
         root_c2 = math.sqrt(1 - b2**t)
         scale = self.current_learning_rate * root_c2 / (1 - b1**t)
-        return param - scale * m / (xp.sqrt(v) + self.epsilon * root_c2), AdamState(m, v)
+        param, m, v = adam_update(
+            param, grad, state.momentum, state.cache, b1, b2, scale, self.epsilon * root_c2
+        )
+        return param, AdamState(m, v)
 
     def get_config(self) -> dict:
         return {
