@@ -28,10 +28,11 @@ class Layer:
         """Constructor arguments, so a saved model can be rebuilt without running code."""
         return {}
 
-    def to(self, backend: str | Backend) -> Layer:
-        """Move this layer's parameters to ``backend`` (a no-op for layers without any)."""
+    def to(self, backend: str | Backend, dtype: Any = None) -> Layer:
+        """Move this layer's parameters to ``backend``, as ``dtype`` if given (a no-op for
+        layers without parameters)."""
         for name in self.param_names:
-            setattr(self, name, to_backend(getattr(self, name), backend))
+            setattr(self, name, to_backend(getattr(self, name), backend, dtype))
         return self
 
     def __repr__(self) -> str:

@@ -114,7 +114,8 @@ class CategoricalCrossentropy(Loss):
                     "convert them with y.astype('int64') or pass one-hot rows"
                 )
             if values and y_true.shape[0]:
-                labels = xp.astype(y_true, xp.int64, copy=False)  # torch has no min/max for uint16/32/64
+                # torch has no min/max for uint16/32/64
+                labels = xp.astype(y_true, xp.int64, copy=False)
                 low, high = int(xp.min(labels)), int(xp.max(labels))
                 if low < 0 or high >= n_outputs:
                     raise ValueError(

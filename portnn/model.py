@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from . import random
 from ._xp import array_namespace, is_integer, quiet_float_errors
 from .activations import Softmax
-from .backend import Backend, backend_of, get_backend, to_backend
+from .backend import Backend, backend_of, get_backend
 from .layers import Dense, Layer
 from .losses import (
     BinaryCrossentropy,
@@ -149,18 +149,10 @@ class Model:
     def to(self, backend: str | Backend, dtype: Any = None) -> Model:
         """Move every parameter and the optimizer's state to ``backend`` (and ``dtype``)."""
         target = get_backend(backend, dtype or self.backend.dtype_name)
-
-        def move(a: Any) -> Any:  # to_backend keeps an array's dtype unless told another
-            return to_backend(a, target, target.dtype_name)
-
         for layer in self.layers:
-            for name in layer.param_names:
-                setattr(layer, name, move(getattr(layer, name)))
+            layer.to(target, target.dtype_name)
         if self.optimizer is not None:
-            for states in self.optimizer.state.values():
-                for name, s in states.items():
-                    if s is not None:
-                        states[name] = type(s)(*(move(a) for a in s))
+            self.optimizer.to(target, target.dtype_name)
         return self
 
     def __repr__(self) -> str:

@@ -74,12 +74,12 @@ class Optimizer:
     def get_config(self) -> dict:
         return {"learning_rate": self.learning_rate, "decay": self.decay}
 
-    def to(self, backend: str | Backend) -> Optimizer:
-        """Move the state arrays to ``backend``."""
+    def to(self, backend: str | Backend, dtype: Any = None) -> Optimizer:
+        """Move the state arrays to ``backend``, as ``dtype`` if given."""
         for states in self.state.values():
             for name, s in states.items():
                 if s is not None:
-                    states[name] = type(s)(*(to_backend(a, backend) for a in s))
+                    states[name] = type(s)(*(to_backend(a, backend, dtype) for a in s))
         return self
 
     def __repr__(self) -> str:
