@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,23 +104,47 @@ def _adam_portable(param, grad, m, v, beta_1, beta_2, scale, eps):
 
 
 def _adam_numpy(param, grad, m, v, beta_1, beta_2, scale, eps):
-    # The same arithmetic in the same order, but in three new buffers instead of about ten
-    # temporaries: for the first layer's weights each temporary is a fresh page-faulted block.
+    # The portable arithmetic in the same order, written into recycled buffers: a freshly
+    # allocated block of the first layer's size page-faults on first touch, which cost more
+    # than the arithmetic itself (measured: 480 us against 150 us a step for 784 x 128).
     import numpy as np
 
-    m = m * beta_1
-    tmp = grad * (1 - beta_1)
-    m += tmp
-    v = v * beta_2
+    new_m, new_v, tmp, step = (_recycled(param) for _ in range(4))
+    np.multiply(m, beta_1, out=new_m)
+    np.multiply(grad, 1 - beta_1, out=tmp)
+    new_m += tmp
+    np.multiply(v, beta_2, out=new_v)
     np.multiply(grad, grad, out=tmp)
     tmp *= 1 - beta_2
-    v += tmp
-    np.sqrt(v, out=tmp)
+    new_v += tmp
+    np.sqrt(new_v, out=tmp)
     tmp += eps
-    step = m * scale
+    np.multiply(new_m, scale, out=step)
     step /= tmp
     np.subtract(param, step, out=tmp)
-    return tmp, m, v
+    return tmp, new_m, new_v
+
+
+_POOL: dict[tuple, list] = {}
+_POOL_SIZE = 12  # per shape and dtype: parameter, two moments, temporaries, a snapshot's
+
+
+def _recycled(like: Any) -> Any:
+    """An uninitialised NumPy array shaped like ``like``: one that portnn made before and
+    nothing else refers to any more, else a new one. Only unreferenced buffers are reused, so
+    no array anyone can see is ever written to."""
+    import numpy as np
+
+    bucket = _POOL.setdefault((like.shape, like.dtype.str), [])
+    for buffer in bucket:
+        # References: the bucket, this loop's name, getrefcount's argument. A view of the
+        # buffer would add its own, so a viewed buffer is never reused either.
+        if sys.getrefcount(buffer) == 3:
+            return buffer
+    buffer = np.empty(like.shape, like.dtype)
+    if len(bucket) < _POOL_SIZE:
+        bucket.append(buffer)
+    return buffer
 
 
 @functools.cache

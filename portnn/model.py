@@ -302,19 +302,22 @@ class Model:
         try:
             with quiet_float_errors(X):
                 for epoch in range(1, epochs + 1):
-                    Xe, ye = X, y
-                    if shuffle and len(batches) > 1:
-                        order = random.permutation(n, b)
-                        Xe, ye = xp.take(X, order, axis=0), xp.take(y, order, axis=0)
+                    # Each batch is gathered by its slice of a device permutation: no shuffled
+                    # copy of the whole data set is made (nor kept alive by a layer's inputs).
+                    order = random.permutation(n, b) if shuffle and len(batches) > 1 else None
                     loss_sum, hits, count, reg = 0.0, 0.0, 0, 0.0
                     for i, s in enumerate(batches):
-                        output = self.forward(Xe[s, ...], training=True)
-                        loss_sum = loss_sum + xp.sum(self.loss._forward(output, ye[s, ...]))
-                        batch_hits, batch_count = self._hits(output, ye[s, ...])
+                        if order is None:
+                            xb, yb = X[s, ...], y[s, ...]
+                        else:
+                            xb, yb = xp.take(X, order[s], axis=0), xp.take(y, order[s], axis=0)
+                        output = self.forward(xb, training=True)
+                        loss_sum = loss_sum + xp.sum(self.loss._forward(output, yb))
+                        batch_hits, batch_count = self._hits(output, yb)
                         hits, count = hits + batch_hits, count + batch_count
                         if i == len(batches) - 1:
                             reg = self._regularization()  # the book reports the epoch's last
-                        self.backward(output, ye[s, ...])
+                        self.backward(output, yb)
                         self.optimizer.step(self.trainable_layers)
                         bar.update()
                     record = {

@@ -41,3 +41,16 @@ def test_cached_namespace_is_array_api_compats(backend):
     x = backend.asarray(np.ones(3))
     assert _xp.array_namespace(x) is array_api_compat.array_namespace(x)
     assert _xp.array_namespace(x) is _xp.array_namespace(backend.asarray(np.zeros(2)))
+
+
+def test_recycled_buffers_are_never_ones_still_referenced():
+    x = np.ones((5, 3), np.float32)
+    first = _xp._recycled(x)
+    assert first.shape == x.shape and first.dtype == x.dtype
+    assert _xp._recycled(x) is not first  # `first` is still held here
+    view = first[1:]
+    first_id = id(first)
+    del first
+    assert id(_xp._recycled(x)) != first_id  # a view still refers to it
+    del view
+    assert id(_xp._recycled(x)) == first_id  # now nothing does: it is reused
