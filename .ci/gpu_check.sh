@@ -11,7 +11,7 @@ python3 -m portnn info 2>&1 | tee "$OUT/info.log"
 for stage in "${@:-all}"; do
   if [ "$stage" = tests ] || [ "$stage" = all ]; then
     PORTNN_BACKEND=cupy timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider \
-      --maxfail=40 ${PYTEST_ARGS:-tests} 2>&1 | tee "$OUT/cupy-tests.log" | tail -40
+      --maxfail=40 --junitxml="$OUT/cupy-junit.xml" ${PYTEST_ARGS:-tests} 2>&1 | tee "$OUT/cupy-tests.log" | tail -40
   fi
   if [ "$stage" = example ] || [ "$stage" = all ]; then
     for b in cupy numpy; do
