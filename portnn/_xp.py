@@ -5,7 +5,6 @@ version, which stays the reference (tests compare the two)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -86,13 +85,8 @@ def adam_update(
     """One Adam step with the bias corrections folded into ``scale`` and ``eps``:
     ``m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g**2; param - scale * m / (sqrt(v) + eps)``.
     Returns new (param, m, v); the arguments are never written to."""
-    lib = library_of(param)
-    if lib == "numpy":
+    if library_of(param) == "numpy":
         return _adam_numpy(param, grad, m, v, beta_1, beta_2, scale, eps)
-    if lib == "cupy":
-        return _adam_cupy()(
-            param, grad, m, v, *(param.dtype.type(a) for a in (beta_1, beta_2, scale, eps))
-        )
     return _adam_portable(param, grad, m, v, beta_1, beta_2, scale, eps)
 
 
@@ -145,20 +139,3 @@ def _recycled(like: Any) -> Any:
     if len(bucket) < _POOL_SIZE:
         bucket.append(buffer)
     return buffer
-
-
-@functools.cache
-def _adam_cupy() -> Any:
-    # One kernel launch per parameter instead of about ten (the GPU step is launch-bound).
-    import cupy
-
-    return cupy.ElementwiseKernel(
-        "T p, T g, T m, T v, T b1, T b2, T scale, T eps",
-        "T p_out, T m_out, T v_out",
-        """
-        m_out = b1 * m + (1 - b1) * g;
-        v_out = b2 * v + (1 - b2) * (g * g);
-        p_out = p - scale * m_out / (sqrt(v_out) + eps);
-        """,
-        "portnn_adam",
-    )
