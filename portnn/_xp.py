@@ -120,7 +120,7 @@ def _adam_numpy(param, grad, m, v, beta_1, beta_2, scale, eps):
 
 
 _POOL: dict[tuple, list] = {}
-_POOL_SIZE = 12  # per shape and dtype: parameter, two moments, temporaries, a snapshot's
+_POOL_SIZE = 8  # per shape and dtype: a parameter, its two moments, temporaries, a snapshot
 
 
 def _recycled(like: Any) -> Any:

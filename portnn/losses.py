@@ -135,10 +135,10 @@ class CategoricalCrossentropy(Loss):
 
     def _forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = array_namespace(y_pred)
-        p = xp.clip(y_pred, EPS, 1 - EPS)
-        if y_true.ndim == 1:
-            confidences = pick(p, y_true)
+        if y_true.ndim == 1:  # clipping the picked column equals picking from the clipped
+            confidences = xp.clip(pick(y_pred, y_true), EPS, 1 - EPS)
         else:
+            p = xp.clip(y_pred, EPS, 1 - EPS)
             confidences = xp.sum(p * xp.astype(y_true, p.dtype, copy=False), axis=1)
         return -xp.log(confidences)
 
