@@ -40,3 +40,21 @@ def assert_grad(analytic, numeric: np.ndarray, rtol: float = RTOL, atol: float =
 def away_from_zero(rng: np.random.Generator, shape, low: float = 0.1, high: float = 1.0):
     """Random values of random sign with ``low <= |x| < high`` (no kink of ReLU, L1 or MAE)."""
     return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(low, high, size=shape)
+
+
+def host(x) -> np.ndarray:
+    """Any backend's array as a NumPy array."""
+    import portnn as pn
+
+    return np.asarray(pn.to_numpy(x))
+
+
+def host_parameters(model) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(host(w), host(b)) for w, b in model.get_parameters()]
+
+
+def assert_parameters_equal(a, b, rtol: float = 0.0, atol: float = 0.0) -> None:
+    assert len(a) == len(b)
+    for (wa, ba), (wb, bb) in zip(a, b, strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(ba, bb, rtol=rtol, atol=atol)

@@ -12,27 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_parameters_equal, host, host_parameters
 
 import portnn as pn
 from portnn.backend import library_of
 from portnn.io import HEADER, VERSION, ModelFileError
 
 CPU_BACKENDS = [b for b in ("numpy", "array_api_strict", "torch") if b in pn.available_backends()]
-
-
-def host(x):
-    return np.asarray(pn.to_numpy(x))
-
-
-def host_parameters(model):
-    return [(host(w), host(b)) for w, b in model.get_parameters()]
-
-
-def assert_parameters_equal(a, b, rtol=0.0, atol=0.0):
-    assert len(a) == len(b)
-    for (wa, ba), (wb, bb) in zip(a, b, strict=True):
-        np.testing.assert_allclose(wa, wb, rtol=rtol, atol=atol)
-        np.testing.assert_allclose(ba, bb, rtol=rtol, atol=atol)
 
 
 def optimizer_arrays(model):
