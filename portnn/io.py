@@ -99,10 +99,12 @@ def _write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray])
 def _described(obj: Any, registry: dict) -> dict | None:
     if obj is None:
         return None
-    name = type(obj).__name__
-    if registry.get(name) is not type(obj):
-        raise TypeError(f"cannot save a {name}: only portnn's own classes can be saved")
-    return {"class": name, "config": obj.get_config()}
+    cls = type(obj)
+    if cls.__module__ == "portnn.nnfs":  # the book's names save as the classes they adapt
+        cls = next(c for c in cls.__mro__ if registry.get(c.__name__) is c)
+    if registry.get(cls.__name__) is not cls:
+        raise TypeError(f"cannot save a {cls.__name__}: only portnn's own classes can be saved")
+    return {"class": cls.__name__, "config": obj.get_config()}
 
 
 def _parameters(model: Model) -> dict[str, np.ndarray]:

@@ -267,3 +267,21 @@ def test_binary_and_regression_models(backend):
     history = model.train(X, y, epochs=30, print_every=0)
     assert history["loss"][-1] < history["loss"][0]
     assert model.accuracy.precision == pytest.approx(float(np.std(numpy_of(y))) / 250, rel=1e-4)
+
+
+def test_a_model_of_the_books_names_saves_and_loads(backend, tmp_path):
+    X, y = nnfs.spiral_data(samples=50, classes=3)
+    model = nnfs.Model()
+    for layer in (nnfs.Layer_Dense(2, 16), nnfs.Activation_ReLU(), nnfs.Layer_Dropout(0.1)):
+        model.add(layer)
+    model.add(nnfs.Layer_Dense(16, 3))
+    model.add(nnfs.Activation_Softmax())
+    model.set(loss=nnfs.Loss_CategoricalCrossentropy(), optimizer=nnfs.Optimizer_Adam())
+    model.finalize()
+    model.train(X, y, epochs=2, print_every=0)
+    model.save(tmp_path / "book.npz")
+    loaded = nnfs.Model.load(tmp_path / "book.npz")
+    assert [type(la).__name__ for la in loaded.layers][2] == "Dropout"
+    np.testing.assert_allclose(
+        pn.to_numpy(loaded.predict(X)), pn.to_numpy(model.predict(X)), rtol=1e-6
+    )
