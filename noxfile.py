@@ -1,8 +1,8 @@
 """Test sessions, one per array backend (read from backends/*.txt), plus lint and bench.
 
-    nox                        # numpy, array_api_strict, cupy (skips without a GPU), lint
-    nox -s "tests(torch)"      # PyTorch, on request (a large install)
-    nox -s bench -- --quick    # the side-by-side training benchmark
+nox                        # numpy, array_api_strict, cupy (skips without a GPU), lint
+nox -s "tests(torch)"      # PyTorch, on request (a large install)
+nox -s bench -- --quick    # the side-by-side training benchmark
 """
 
 import shutil
@@ -45,7 +45,7 @@ def tests(session: nox.Session, backend: str) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
-    session.install("ruff>=0.6")
+    session.install("ruff>=0.17,<0.18")  # formats Markdown code blocks too
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
