@@ -12,7 +12,7 @@ from typing import Any
 import array_api_compat
 from array_api_compat import device
 
-from .backend import library_of, to_numpy
+from .backend import library_of
 
 __all__ = [
     "adam_update",
@@ -22,7 +22,6 @@ __all__ = [
     "pick",
     "quiet_float_errors",
     "sign_nonneg",
-    "to_numpy",
 ]
 
 
