@@ -124,6 +124,22 @@ _POOL_SIZE = 8  # per shape and dtype: a parameter, its two moments, temporaries
 _RECYCLE_FROM = 1 << 16
 
 
+def _reference_counts(bucket: list) -> list[int]:
+    return [sys.getrefcount(buffer) for buffer in bucket]
+
+
+# The count _reference_counts reports for an object that only its list holds (3 on CPython up
+# to 3.13: the list, the loop's name, getrefcount's argument): measured, not assumed, since
+# newer interpreters may borrow references on the stack.
+_ONLY_THE_BUCKET = _reference_counts([object()])[0]
+
+
+def _unreferenced(bucket: list) -> list:
+    """The buffers of ``bucket`` that nothing but the bucket refers to."""
+    counts = _reference_counts(bucket)
+    return [b for b, n in zip(bucket, counts, strict=True) if n == _ONLY_THE_BUCKET]
+
+
 def _recycled(like: Any, count: int) -> list:
     """``count`` uninitialised NumPy arrays shaped like ``like``: ones portnn made before and
     nothing else refers to any more, else new ones. Only unreferenced buffers are reused, so
@@ -131,9 +147,8 @@ def _recycled(like: Any, count: int) -> list:
     import numpy as np
 
     bucket = _POOL.setdefault((like.shape, like.dtype.str), [])
-    # References to a free buffer: the bucket, this loop's name, getrefcount's argument. A
-    # view of the buffer would add its own, so a viewed buffer is never reused either.
-    found = [buffer for buffer in bucket if sys.getrefcount(buffer) == 3][:count]
+    # A view of a buffer refers to it too, so a viewed buffer is never reused either.
+    found = _unreferenced(bucket)[:count]
     while len(found) < count:
         buffer = np.empty(like.shape, like.dtype)
         if len(bucket) < _POOL_SIZE:
