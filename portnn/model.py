@@ -302,6 +302,7 @@ class Model:
         try:
             with quiet_float_errors(X):
                 for epoch in range(1, epochs + 1):
+                    bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
                     # Each batch is gathered by its slice of a device permutation: no shuffled
                     # copy of the whole data set is made (nor kept alive by a layer's inputs).
                     order = random.permutation(n, b) if shuffle and len(batches) > 1 else None
