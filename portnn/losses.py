@@ -18,6 +18,13 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
+def _one_hot_rows(y_true: Any, like: Any) -> Any:
+    """Class indices or one-hot targets as one-hot rows of ``like``'s dtype."""
+    if y_true.ndim == 1:
+        return one_hot(y_true, like.shape[1], like.dtype)
+    return array_namespace(like).astype(y_true, like.dtype, copy=False)
+
+
 class Loss:
     """Base class: validation, the mean, the accumulated mean over batches, regularization."""
 
@@ -143,11 +150,7 @@ class CategoricalCrossentropy(Loss):
         return -xp.log(confidences)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
-        xp = array_namespace(dvalues)
-        n, classes = dvalues.shape
-        if y_true.ndim == 1:
-            y_true = one_hot(y_true, classes, dvalues.dtype)
-        self.dinputs = -(xp.astype(y_true, dvalues.dtype, copy=False) / dvalues) / n
+        self.dinputs = -(_one_hot_rows(y_true, dvalues) / dvalues) / dvalues.shape[0]
         return self.dinputs
 
 
@@ -226,9 +229,5 @@ class SoftmaxCategoricalCrossentropy(CategoricalCrossentropy):
         return self.calculate(self.output, y_true)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
-        xp = array_namespace(dvalues)
-        n, classes = dvalues.shape
-        if y_true.ndim == 1:
-            y_true = one_hot(y_true, classes, dvalues.dtype)
-        self.dinputs = (dvalues - xp.astype(y_true, dvalues.dtype, copy=False)) / n
+        self.dinputs = (dvalues - _one_hot_rows(y_true, dvalues)) / dvalues.shape[0]
         return self.dinputs

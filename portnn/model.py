@@ -46,12 +46,13 @@ HISTORY_KEYS = (
 _MAX_PENDING = 10
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+def _positive_int(name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be a positive integer{extra}, got {value!r}")
+        raise ValueError(f"{name} must be {kind}{extra}, got {value!r}")
 
 
 class Model:
@@ -228,11 +229,13 @@ class Model:
     def _regularization(self) -> Any:
         return sum((la.regularization_loss() for la in self.trainable_layers), 0.0)
 
-    def _hits(self, output: Any, y: Any) -> tuple[Any, int]:
-        """Correct predictions (summed on the device) and how many were compared."""
+    def _figures(self, output: Any, y: Any) -> tuple[Any, Any, int]:
+        """A batch's summed loss and correct predictions (on the device), and how many
+        predictions were compared."""
         xp = array_namespace(output)
         comparisons = self.accuracy.compare(self._predictions(output), y)
-        return xp.sum(xp.astype(comparisons, output.dtype)), math.prod(comparisons.shape)
+        hits = xp.sum(xp.astype(comparisons, output.dtype))
+        return xp.sum(self.loss._forward(output, y)), hits, math.prod(comparisons.shape)
 
     def _predictions(self, output: Any) -> Any:
         predictions = getattr(self.output_layer, "predictions", None)
@@ -243,13 +246,10 @@ class Model:
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     def _evaluate_device(self, X: Any, y: Any, batch_size: int | None) -> tuple[Any, Any]:
-        xp = array_namespace(X)
         loss_sum, hits, count = 0.0, 0.0, 0
         for s in self._batches(X.shape[0], batch_size):
-            output = self.forward(X[s, ...], training=False)
-            loss_sum = loss_sum + xp.sum(self.loss._forward(output, y[s, ...]))
-            batch_hits, batch_count = self._hits(output, y[s, ...])
-            hits, count = hits + batch_hits, count + batch_count
+            batch_loss, batch_hits, batch_count = self._figures(self.forward(X[s, ...]), y[s, ...])
+            loss_sum, hits, count = loss_sum + batch_loss, hits + batch_hits, count + batch_count
         return loss_sum / X.shape[0], hits / count
 
     # --- the public loop --------------------------------------------------------------------
@@ -277,14 +277,7 @@ class Model:
         self._require("loss", "optimizer")
         _positive_int("epochs", epochs)
         _positive_int("batch_size", batch_size, allow_none=True)
-        if print_every is not None and (
-            isinstance(print_every, bool)
-            or not isinstance(print_every, numbers.Integral)
-            or print_every < 0
-        ):
-            raise ValueError(
-                f"print_every must be a non-negative integer or None, got {print_every!r}"
-            )
+        _positive_int("print_every", print_every, allow_none=True, minimum=0)
         X, y = self._prepare(X, y)
         val = self._prepare(*_pair(validation_data)) if validation_data is not None else None
         self.accuracy.init(y)
@@ -313,8 +306,8 @@ class Model:
                         else:
                             xb, yb = xp.take(X, order[s], axis=0), xp.take(y, order[s], axis=0)
                         output = self.forward(xb, training=True)
-                        loss_sum = loss_sum + xp.sum(self.loss._forward(output, yb))
-                        batch_hits, batch_count = self._hits(output, yb)
+                        batch_loss, batch_hits, batch_count = self._figures(output, yb)
+                        loss_sum = loss_sum + batch_loss
                         hits, count = hits + batch_hits, count + batch_count
                         if i == len(batches) - 1:
                             reg = self._regularization()  # the book reports the epoch's last
