@@ -238,8 +238,9 @@ class BareLoop(Contestant):
         (z1, a1, z2, a2), probs = self.forward(x)
         onehot = xp.astype(y[:, None] == self.classes, probs.dtype)
         dz3 = (probs - onehot) / x.shape[0]
-        dz2 = xp.where(z2 > 0, dz3 @ W3.T, 0.0)
-        dz1 = xp.where(z1 > 0, dz2 @ W2.T, 0.0)
+        # ReLU's backward as a product with the 0/1 mask, as portnn does (faster than where).
+        dz2 = (dz3 @ W3.T) * xp.astype(z2 > 0, dz3.dtype)
+        dz1 = (dz2 @ W2.T) * xp.astype(z1 > 0, dz2.dtype)
         grads = [
             x.T @ dz1,
             xp.sum(dz1, axis=0, keepdims=True),

@@ -19,7 +19,9 @@ class ReLU(Layer):
 
     def backward(self, dvalues: Any) -> Any:
         xp = array_namespace(dvalues)
-        self.dinputs = xp.where(self.inputs > 0, dvalues, 0.0)
+        # A product with the 0/1 mask, not ``where(x > 0, d, 0.0)``: NumPy's ``where`` with a
+        # scalar takes 3x as long (19 us against 6 us at 128 x 128, float32).
+        self.dinputs = dvalues * xp.astype(self.inputs > 0, dvalues.dtype)
         return self.dinputs
 
     def predictions(self, outputs: Any) -> Any:
