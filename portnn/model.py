@@ -17,7 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import random
-from ._xp import array_namespace, is_integer, quiet_float_errors
+from ._xp import all_finite, array_namespace, is_integer, quiet_float_errors
 from .activations import Softmax
 from .backend import Backend, backend_of, get_backend
 from .layers import Dense, Layer
@@ -179,7 +179,7 @@ class Model:
             )
         if X.shape[0] == 0:
             raise ValueError("X has no samples")
-        if not bool(xp.all(xp.isfinite(X))):
+        if not all_finite(X):
             raise ValueError("X contains NaN or infinite values; clean or impute them first")
         return X
 

@@ -53,3 +53,21 @@ def test_recycled_buffers_are_never_ones_still_referenced():
     assert all(id(b) != first_id for b in _xp._recycled(x, 3))  # a view still refers to it
     del view
     assert first_id in [id(b) for b in _xp._recycled(x, 3)]  # now nothing does: reused
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([1.0, -2.0, 0.0], True),
+        ([3e38, 3e38, 3e38], True),  # finite terms whose float32 sum overflows
+        ([1.0, np.nan, 2.0], False),
+        ([1.0, np.inf], False),
+        ([-np.inf, 5.0], False),
+        ([np.inf, -np.inf], False),  # their sum is NaN, not a finite number
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_all_finite(backend_name, dtype, values, finite):
+    b = pn.get_backend(backend_name, dtype)
+    x = b.asarray(np.array(values).reshape(1, -1))
+    assert _xp.all_finite(x) is finite
