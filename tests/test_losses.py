@@ -144,6 +144,18 @@ def test_predictions_are_clipped_so_no_log_of_zero(backend_name, dtype):
         np.testing.assert_allclose(grad, -1 / clipped[:, :1] / 2, rtol=1e-6)
 
 
+def test_boolean_targets_are_zeros_and_ones(backend64):
+    p = np.array([[0.9, 0.2], [0.3, 0.6], [0.5, 0.1]])
+    y = np.array([[True, False], [False, True], [True, True]])
+    with_bools = pn.BinaryCrossentropy().forward(backend64.asarray(p), backend64.asarray(y))
+    with_floats = pn.BinaryCrossentropy().forward(backend64.asarray(p), backend64.asarray(y * 1.0))
+    np.testing.assert_allclose(pn.to_numpy(with_bools), pn.to_numpy(with_floats), rtol=1e-12)
+    model = pn.Model([pn.Dense(2, 2, backend=backend64), pn.Sigmoid()])
+    model.set(loss=pn.BinaryCrossentropy(), optimizer=pn.Adam(), accuracy=pn.BinaryAccuracy())
+    history = model.train(p, y, epochs=2, print_every=None)
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+
+
 def test_accumulated_mean_over_batches(backend64):
     p, y = probabilities(10), labels(10)
     loss = pn.CategoricalCrossentropy()
