@@ -16,7 +16,11 @@ import portnn as pn
 pytestmark = pytest.mark.slow
 
 
-def test_chapter_16_binary_logistic_regression(backend):
+def test_chapter_16_binary_logistic_regression(backend64):
+    # In float64, the book's own dtype: there every backend retraces the same run (numpy, torch
+    # and array_api_strict agree to 1e-15 at epoch 7500). In float32 this slow climb is at the
+    # mercy of rounding: reordering one product in Adam moved torch's float32 accuracy at epoch
+    # 7500 from above 0.925 to 0.865.
     X, y = pn.datasets.spiral(100, 2)
     y = y.reshape(-1, 1)  # the book's column of 0/1 targets
     model = pn.Model(
@@ -30,11 +34,11 @@ def test_chapter_16_binary_logistic_regression(backend):
     model.set(
         loss=pn.BinaryCrossentropy(), optimizer=pn.Adam(decay=5e-7), accuracy=pn.BinaryAccuracy()
     )
-    # Adam's default rate of 0.001 climbs slowly: on NumPy the training accuracy is last below
-    # 0.90 at epoch 7127 and stays at 0.925 or more from epoch 7400 (torch: from epoch 4351).
+    # Adam's default rate of 0.001 climbs slowly: the training accuracy is last below 0.90 at
+    # epoch 4531 and 0.945 or more from epoch 7400 on (0.945, loss 0.237 at the book's 10,001).
     history = model.train(X, y, epochs=7500, print_every=None)
-    assert history["accuracy"][-1] >= 0.90
-    assert history["loss"][-1] < 0.35  # the book: about 0.22-0.26 after 10,001 epochs
+    assert history["accuracy"][-1] >= 0.93
+    assert history["loss"][-1] < 0.30  # the book: about 0.22-0.26 after 10,001 epochs
 
 
 def test_chapter_17_sine_regression(backend):
