@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 def test_chapter_16_binary_logistic_regression(backend64):
     # In float64, the book's own dtype: there every backend retraces the same run (numpy, torch
     # and array_api_strict agree to 1e-15 at epoch 7500). In float32 this slow climb is at the
-    # mercy of rounding: reordering one product in Adam moved torch's float32 accuracy at epoch
-    # 7500 from above 0.925 to 0.865.
+    # mercy of rounding: a reordering of one product in Adam (tried, then reverted) moved
+    # torch's float32 accuracy at epoch 7500 from above 0.925 to 0.865.
     X, y = pn.datasets.spiral(100, 2)
     y = y.reshape(-1, 1)  # the book's column of 0/1 targets
     model = pn.Model(
