@@ -13,6 +13,7 @@ import argparse
 
 import portnn as pn
 from portnn.nnfs import (
+    Accuracy_Categorical,
     Activation_ReLU,
     Activation_Softmax_Loss_CategoricalCrossentropy,
     Layer_Dense,
@@ -47,7 +48,7 @@ for epoch in range(args.epochs):
 
     if not epoch % args.print_every or epoch == args.epochs - 1:
         predictions = xp.argmax(loss_activation.output, axis=1)
-        accuracy = float(xp.mean(xp.astype(predictions == y, xp.float32)))
+        accuracy = Accuracy_Categorical().calculate(predictions, y)
         print(
             f"epoch: {epoch}, acc: {accuracy:.3f}, loss: {loss:.3f}, "
             f"lr: {optimizer.current_learning_rate}"

@@ -18,6 +18,7 @@ import argparse
 
 import portnn as pn
 from portnn.nnfs import (
+    Accuracy_Categorical,
     Activation_ReLU,
     Activation_Softmax_Loss_CategoricalCrossentropy,
     Layer_Dense,
@@ -37,9 +38,7 @@ if args.backend:
     pn.set_backend(args.backend)
 xp = pn.get_backend().xp
 
-
-def accuracy_of(probabilities, labels):
-    return float(xp.mean(xp.astype(xp.argmax(probabilities, axis=1) == labels, xp.float32)))
+accuracy = Accuracy_Categorical()
 
 
 init()
@@ -61,8 +60,9 @@ for epoch in range(args.epochs):
     if not epoch % args.print_every or epoch == args.epochs - 1:
         penalty = loss_activation.loss.regularization_loss  # of one layer's L1/L2 terms
         regularization_loss = penalty(dense1) + penalty(dense2)
+        acc = accuracy.calculate(xp.argmax(loss_activation.output, axis=1), y)
         print(
-            f"epoch: {epoch}, acc: {accuracy_of(loss_activation.output, y):.3f}, "
+            f"epoch: {epoch}, acc: {acc:.3f}, "
             f"loss: {data_loss + regularization_loss:.3f} (data_loss: {data_loss:.3f}, "
             f"reg_loss: {regularization_loss:.3f}), lr: {optimizer.current_learning_rate}"
         )
@@ -84,7 +84,8 @@ dense1.forward(X_test)
 activation1.forward(dense1.output)
 dense2.forward(activation1.output)
 loss = loss_activation.forward(dense2.output, y_test)
-print(f"validation, acc: {accuracy_of(loss_activation.output, y_test):.3f}, loss: {loss:.3f}")
+acc = accuracy.calculate(xp.argmax(loss_activation.output, axis=1), y_test)
+print(f"validation, acc: {acc:.3f}, loss: {loss:.3f}")
 
 if args.plot:
     from portnn.plot import plot_decision_regions
