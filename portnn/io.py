@@ -35,41 +35,34 @@ FORMAT = "portnn"
 VERSION = 1
 HEADER = "__portnn__"
 
-_LAYERS = {
-    c.__name__: c
-    for c in (
-        layers.Dense,
-        layers.Dropout,
-        layers.Input,
-        activations.ReLU,
-        activations.Softmax,
-        activations.Sigmoid,
-        activations.Linear,
-        activations.Tanh,
-        activations.LeakyReLU,
-    )
-}
-_LOSSES = {
-    c.__name__: c
-    for c in (
-        losses.CategoricalCrossentropy,
-        losses.BinaryCrossentropy,
-        losses.MeanSquaredError,
-        losses.MeanAbsoluteError,
-        losses.SoftmaxCategoricalCrossentropy,
-    )
-}
-_ACCURACIES = {
-    c.__name__: c
-    for c in (
-        metrics.CategoricalAccuracy,
-        metrics.BinaryAccuracy,
-        metrics.RegressionAccuracy,
-    )
-}
-_OPTIMIZERS = {
-    c.__name__: c for c in (optimizers.SGD, optimizers.Adagrad, optimizers.RMSprop, optimizers.Adam)
-}
+
+def _by_name(*classes: type) -> dict[str, type]:
+    return {c.__name__: c for c in classes}
+
+
+# The only classes a file may name: loading builds these and nothing else.
+_LAYERS = _by_name(
+    layers.Dense,
+    layers.Dropout,
+    layers.Input,
+    activations.ReLU,
+    activations.Softmax,
+    activations.Sigmoid,
+    activations.Linear,
+    activations.Tanh,
+    activations.LeakyReLU,
+)
+_LOSSES = _by_name(
+    losses.CategoricalCrossentropy,
+    losses.BinaryCrossentropy,
+    losses.MeanSquaredError,
+    losses.MeanAbsoluteError,
+    losses.SoftmaxCategoricalCrossentropy,
+)
+_ACCURACIES = _by_name(
+    metrics.CategoricalAccuracy, metrics.BinaryAccuracy, metrics.RegressionAccuracy
+)
+_OPTIMIZERS = _by_name(optimizers.SGD, optimizers.Adagrad, optimizers.RMSprop, optimizers.Adam)
 
 
 class ModelFileError(ValueError):
