@@ -35,6 +35,13 @@ RUNS = {
 }
 
 
+def _python(cwd, env, *args):
+    """``python *args`` in ``cwd`` with ``env``, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
+
 def test_every_example_is_tested():
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(RUNS)
 
@@ -44,13 +51,8 @@ def test_example_runs(script, backend_name, tmp_path):
     args, expected = RUNS[script]
     plot = tmp_path / "plot.png"
     env = {**os.environ, "PORTNN_BACKEND": backend_name}
-    result = subprocess.run(
-        [sys.executable, "-W", "error", str(EXAMPLES / script), *args, "--plot", str(plot)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    result = _python(
+        tmp_path, env, "-W", "error", str(EXAMPLES / script), *args, "--plot", str(plot)
     )
     assert result.returncode == 0, result.stderr
     for line in expected:
@@ -62,13 +64,8 @@ def test_example_runs(script, backend_name, tmp_path):
 def test_example_takes_backend_flag(tmp_path, backend_name):
     env = {k: v for k, v in os.environ.items() if k != "PORTNN_BACKEND"}
     script = str(EXAMPLES / "ch10_spiral_adam.py")
-    result = subprocess.run(
-        [sys.executable, "-W", "error", script, "--epochs", "2", "--backend", backend_name],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    result = _python(
+        tmp_path, env, "-W", "error", script, "--epochs", "2", "--backend", backend_name
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("epoch: 0, acc: 0.360, loss: 1.099, lr: 0.05")
@@ -76,13 +73,8 @@ def test_example_takes_backend_flag(tmp_path, backend_name):
 
 def test_fashion_mnist_example_without_data_explains(tmp_path):
     env = {**os.environ, "PORTNN_DATA": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "ch19_fashion_mnist.py"), "--data", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    result = _python(
+        tmp_path, env, str(EXAMPLES / "ch19_fashion_mnist.py"), "--data", str(tmp_path)
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
