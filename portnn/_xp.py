@@ -18,7 +18,7 @@ __all__ = [
     "adam_update",
     "all_finite",
     "array_namespace",
-    "is_integer",
+    "is_kind",
     "one_hot",
     "pick",
     "quiet_float_errors",
@@ -40,9 +40,9 @@ def array_namespace(x: Any) -> Any:
         return xp
 
 
-def is_integer(x: Any) -> bool:
-    xp = array_namespace(x)
-    return xp.isdtype(x.dtype, "integral")
+def is_kind(x: Any, kind: str) -> bool:
+    """Whether the array ``x`` has a dtype of ``kind``: "integral", "real floating", "bool"..."""
+    return array_namespace(x).isdtype(x.dtype, kind)
 
 
 def all_finite(x: Any) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ._xp import all_finite, array_namespace, is_integer, one_hot, pick
+from ._xp import all_finite, array_namespace, is_kind, one_hot, pick
 from .activations import Softmax
 from .layers import Layer
 
@@ -16,14 +16,6 @@ EPS = 1e-7
 
 def _shape(x: Any) -> tuple[int, ...]:
     return tuple(x.shape)
-
-
-def _is_float(x: Any) -> bool:
-    return array_namespace(x).isdtype(x.dtype, "real floating")
-
-
-def _is_bool(x: Any) -> bool:
-    return array_namespace(x).isdtype(x.dtype, "bool")
 
 
 def _clipped(p: Any) -> Any:
@@ -63,7 +55,7 @@ class Loss:
                 f"{type(self).__name__} needs targets of shape ({n_samples}, {n_outputs}) for "
                 f"outputs of that shape, got {_shape(y_true)}{hint}"
             )
-        if values and _is_float(y_true) and not all_finite(y_true):
+        if values and is_kind(y_true, "real floating") and not all_finite(y_true):
             raise ValueError(f"{type(self).__name__} targets contain NaN or infinity")
 
     # --- the public API -------------------------------------------------------------------
@@ -128,7 +120,7 @@ class CategoricalCrossentropy(Loss):
         if y_true.ndim == 1:
             if y_true.shape[0] != n_samples:
                 raise ValueError(f"got {y_true.shape[0]} labels for {n_samples} samples")
-            if not is_integer(y_true):
+            if not is_kind(y_true, "integral"):
                 raise TypeError(
                     f"class labels must be integers, got {y_true.dtype}; "
                     "convert them with y.astype('int64') or pass one-hot rows"
@@ -173,7 +165,7 @@ class BinaryCrossentropy(Loss):
 
     def check_targets(self, y_true: Any, n_samples: int, n_outputs: int, values: bool = True):
         super().check_targets(y_true, n_samples, n_outputs, values)
-        if values and not _is_bool(y_true):  # booleans are 0 and 1 already
+        if values and not is_kind(y_true, "bool"):  # booleans are 0 and 1 already
             xp = array_namespace(y_true)
             if not bool(xp.all((y_true >= 0) & (y_true <= 1))):
                 raise ValueError("BinaryCrossentropy targets must lie in [0, 1]")

@@ -17,7 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import random
-from ._xp import all_finite, is_integer, quiet_float_errors
+from ._xp import all_finite, is_kind, quiet_float_errors
 from .activations import Softmax
 from .backend import Backend, backend_of, get_backend
 from .layers import Dense, Layer
@@ -194,7 +194,7 @@ class Model:
             )
         n_outputs = self.n_outputs or X.shape[1]
         self.loss.check_targets(y, X.shape[0], n_outputs)
-        if is_integer(y) and y.ndim == 1:
+        if is_kind(y, "integral") and y.ndim == 1:
             y = b.xp.astype(y, b.xp.int64)  # once per call, not per batch
         elif not b.xp.isdtype(y.dtype, "real floating"):
             y = b.xp.astype(y, b.dtype)
