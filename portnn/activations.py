@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._checks import real
 from ._xp import array_namespace
 from .layers import Layer
 
@@ -106,9 +107,7 @@ class LeakyReLU(Layer):
     """LeakyReLU: ``x`` where ``x > 0`` else ``alpha * x``; backward likewise on dvalues."""
 
     def __init__(self, alpha: float = 0.01) -> None:
-        if not isinstance(alpha, int | float) or not 0 <= alpha < 1:
-            raise ValueError(f"LeakyReLU alpha must be in [0, 1), got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = real("LeakyReLU alpha", alpha, 0.0, 1.0, high_open=True)
 
     def forward(self, inputs: Any, training: bool = False) -> Any:
         xp = array_namespace(inputs)

@@ -57,15 +57,29 @@ class Backend:
                 f"move it explicitly with portnn.to_backend(x, {self.name!r}) "
                 "or portnn.to_numpy(x)"
             )
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(
+                "got a masked array, whose mask portnn would drop; fill the masked values "
+                "(x.filled(value)) or drop those samples first"
+            )
+        if getattr(x, "requires_grad", False):
+            raise TypeError(
+                "got a torch tensor that requires grad: portnn computes its own gradients, and "
+                "autograd would record every step (memory grows each epoch); pass x.detach()"
+            )
         if lib is None:
             x = np.asarray(x)
+        _check_numeric(x)
+        if lib in (None, "numpy") and x.dtype.kind == "f" and x.dtype.itemsize > 8:
+            x = x.astype(np.float64)  # long double: most libraries cannot take it
         if dtype is None and _is_float(x):
             dtype = self.dtype
         elif isinstance(dtype, str):
             dtype = getattr(self.xp, dtype)
         if lib == "numpy" and self.name != "numpy":
-            x = np.ascontiguousarray(x)
-        return self.xp.asarray(x, dtype=dtype, device=self.device)
+            x = np.asarray(x, order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes inf: callers check
+            return self.xp.asarray(x, dtype=dtype, device=self.device)
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, device={self.device!r}, dtype={self.dtype_name!r})"
@@ -78,6 +92,18 @@ def _dtype_name(dtype: Any) -> str:
         return np.dtype(dtype).name
     except TypeError:  # torch and array_api_strict dtypes print as "torch.float32"
         return str(dtype).rsplit(".", 1)[-1]
+
+
+def _check_numeric(x: Any) -> None:
+    """Refuse data that would lose information or meaning on the way in: complex numbers
+    (the imaginary part would be dropped), strings, objects, dates."""
+    name = _dtype_name(x.dtype)
+    if not (name == "bool" or "int" in name or "float" in name) or "complex" in name:
+        raise TypeError(
+            f"got an array of dtype {name}; portnn takes real numbers (floats, integers or "
+            "booleans): convert the data, e.g. x.real or x.astype('float32'), or encode labels "
+            "as integers"
+        )
 
 
 def _is_float(x: Any) -> bool:

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from . import random
+from ._checks import integer, real
 from ._xp import array_namespace, sign_nonneg
 from .backend import Backend, backend_of, get_backend, to_backend
 
@@ -77,26 +78,24 @@ class Dense(Layer):
         backend: str | Backend | None = None,
         dtype: Any = None,
     ) -> None:
-        for name, n in (("n_inputs", n_inputs), ("n_neurons", n_neurons)):
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ValueError(f"Dense {name} must be a positive integer, got {n!r}")
+        n_inputs = integer("Dense n_inputs", n_inputs)
+        n_neurons = integer("Dense n_neurons", n_neurons)
         regs = {
             "weight_regularizer_l1": weight_regularizer_l1,
             "weight_regularizer_l2": weight_regularizer_l2,
             "bias_regularizer_l1": bias_regularizer_l1,
             "bias_regularizer_l2": bias_regularizer_l2,
         }
-        for name, value in regs.items():
-            if not isinstance(value, int | float) or not value >= 0 or math.isinf(value):
-                raise ValueError(f"Dense {name} must be a finite number >= 0, got {value!r}")
+        regs = {name: real(f"Dense {name}", value, 0.0) for name, value in regs.items()}
         if weight_init not in INITS:
             raise ValueError(f"unknown weight_init {weight_init!r}; choose one of {INITS}")
         self.n_inputs, self.n_neurons = n_inputs, n_neurons
-        self.weight_regularizer_l1 = float(weight_regularizer_l1)
-        self.weight_regularizer_l2 = float(weight_regularizer_l2)
-        self.bias_regularizer_l1 = float(bias_regularizer_l1)
-        self.bias_regularizer_l2 = float(bias_regularizer_l2)
-        self.weight_init, self.weight_scale = weight_init, float(weight_scale)
+        self.weight_regularizer_l1 = regs["weight_regularizer_l1"]
+        self.weight_regularizer_l2 = regs["weight_regularizer_l2"]
+        self.bias_regularizer_l1 = regs["bias_regularizer_l1"]
+        self.bias_regularizer_l2 = regs["bias_regularizer_l2"]
+        self.weight_init = weight_init
+        self.weight_scale = real("Dense weight_scale", weight_scale, 0.0)
         # The model turns this off for its first layer: nothing needs the gradient of the data.
         self.compute_dinputs = True
 
@@ -120,6 +119,8 @@ class Dense(Layer):
                 f"{tuple(inputs.shape)}; reshape the data or build the layer with "
                 f"n_inputs={inputs.shape[-1] if inputs.ndim else 1}"
             )
+        if getattr(inputs, "requires_grad", False):  # autograd would record every update
+            raise TypeError("Dense got a torch tensor that requires grad; pass inputs.detach()")
         self.inputs = inputs
         self.output = inputs @ self.weights + self.biases
         return self.output
@@ -172,9 +173,7 @@ class Dropout(Layer):
     backward multiplies by the same mask. Identity when not training."""
 
     def __init__(self, rate: float) -> None:
-        if not isinstance(rate, int | float) or not 0 <= rate < 1:
-            raise ValueError(f"Dropout rate is the fraction dropped, in [0, 1); got {rate!r}")
-        self.rate = float(rate)
+        self.rate = real("Dropout rate (the fraction dropped)", rate, 0.0, 1.0, high_open=True)
         self.mask = None
 
     def forward(self, inputs: Any, training: bool = False) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._checks import real
 from ._xp import array_namespace
 
 
@@ -86,8 +87,10 @@ class RegressionAccuracy(Accuracy):
 
     def __init__(self, precision: float | None = None, divisor: float = 250.0) -> None:
         super().__init__()
-        self.precision = precision
-        self.divisor = float(divisor)
+        self.precision = (
+            None if precision is None else real("precision", precision, 0.0, low_open=True)
+        )
+        self.divisor = real("divisor", divisor, 0.0, low_open=True)
 
     def init(self, y: Any, reinit: bool = False) -> None:
         if self.precision is None or reinit:

@@ -8,18 +8,14 @@ import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from ._checks import real
 from ._xp import adam_update, array_namespace
 from .backend import Backend, to_backend
 from .layers import Layer
 
 
-def _check(name: str, value: Any, low: float, high: float = math.inf, high_open=True) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and low <= value
-    ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        bound = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        raise ValueError(f"{name} must be a number in {bound}, got {value!r}")
-    return float(value)
+def _check(name: str, value: Any, low: float, high: float = math.inf) -> float:
+    return real(name, value, low, high, high_open=True)
 
 
 class Optimizer:
@@ -29,9 +25,7 @@ class Optimizer:
     State: type[NamedTuple] | None = None
 
     def __init__(self, learning_rate: float, decay: float = 0.0) -> None:
-        self.learning_rate = _check("learning_rate", learning_rate, 0.0)
-        if self.learning_rate == 0:
-            raise ValueError("learning_rate must be > 0, got 0")
+        self.learning_rate = real("learning_rate", learning_rate, 0.0, low_open=True)
         self.decay = _check("decay", decay, 0.0)
         self.current_learning_rate = self.learning_rate
         self.iterations = 0

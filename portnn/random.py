@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import integer
 from .backend import Backend
 
 _seed: int | None = None
@@ -23,9 +24,7 @@ _device: dict[tuple[str, str], Any] = {}
 def seed(value: int | None) -> None:
     """Make every generator repeatable from ``value`` (None: fresh entropy)."""
     global _seed, _host
-    if value is not None and (not isinstance(value, int | np.integer) or value < 0):
-        raise ValueError(f"seed must be a non-negative integer or None, got {value!r}")
-    _seed = None if value is None else int(value)
+    _seed = integer("seed", value, 0, allow_none=True)
     _host = np.random.RandomState(_seed)
     _device.clear()
 

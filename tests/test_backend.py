@@ -272,3 +272,45 @@ def test_asarray_refuses_another_librarys_array(backend, source):
     assert source in message
     assert "to_backend" in message
     assert "to_numpy" in message
+
+
+@pytest.mark.parametrize("value", [np.array(2.0), np.float32(2.0), 2.0])
+def test_a_scalar_stays_zero_dimensional(backend_name, value):
+    # np.ascontiguousarray once made a 0-d array 1-d on the way to torch and array_api_strict.
+    x = pn.to_backend(np.asarray(value), backend_name)
+    assert tuple(x.shape) == ()
+    assert tuple(pn.get_backend(backend_name).asarray(value).shape) == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern"),
+    [
+        (np.array([1 + 2j, 3 + 0j]), "complex"),
+        (np.array(["a", "b"]), "str"),
+        (np.array([1, "b"], dtype=object), "object"),
+        (np.array(["2026-01-01"], dtype="datetime64[D]"), "datetime"),
+        (np.ma.masked_array([1.0, 2.0], mask=[0, 1]), "masked"),
+    ],
+)
+def test_asarray_refuses_data_it_would_mangle(backend, value, pattern):
+    with pytest.raises(TypeError, match=pattern):
+        backend.asarray(value)
+
+
+def test_asarray_refuses_complex_and_grad_tracking_torch_tensors(backend):
+    if backend.name != "torch":
+        pytest.skip("torch tensors are another library's arrays on this backend")
+    import torch
+
+    with pytest.raises(TypeError, match="complex"):
+        backend.asarray(torch.zeros(3, dtype=torch.complex64))
+    with pytest.raises(TypeError, match=r"requires grad.*detach\(\)"):
+        backend.asarray(torch.zeros(3, requires_grad=True))
+
+
+def test_long_double_is_taken_as_float64_data(backend):
+    if not hasattr(np, "float128"):
+        pytest.skip("this NumPy has no long double wider than float64")
+    x = backend.asarray(np.array([1.5, 2.5], dtype=np.float128))
+    assert x.dtype == backend.dtype
+    np.testing.assert_array_equal(pn.to_numpy(x), [1.5, 2.5])

@@ -138,6 +138,20 @@ def test_bad_sample_counts_raise(samples):
         datasets.sine(samples)
 
 
+@pytest.mark.parametrize("make", [datasets.spiral, datasets.vertical])
+def test_more_classes_than_uint8_holds_get_wider_labels(make):
+    # 257 classes once overflowed the uint8 labels with a raw OverflowError.
+    X, y = make(2, 257)
+    assert y.dtype == np.uint16
+    np.testing.assert_array_equal(y, np.repeat(np.arange(257), 2))
+    assert make(2, 256)[1].dtype == np.uint8  # the book's dtype while it fits
+
+
+def test_counts_may_be_numpy_integers():
+    X, y = datasets.spiral(np.int64(5), np.uint8(3))
+    assert X.shape == (15, 2)
+
+
 @pytest.mark.parametrize("classes", [0, -1, 1.5, False])
 def test_bad_class_counts_raise(classes):
     with pytest.raises(ValueError, match="classes"):

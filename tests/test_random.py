@@ -59,7 +59,7 @@ def test_seed_none_draws_fresh_entropy(backend):
     assert not np.array_equal(pn.to_numpy(pn.Dense(8, 8).weights), a)
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "0", [0], float("nan")])
+@pytest.mark.parametrize("bad", [-1, 1.5, "0", [0], float("nan"), True, np.bool_(False)])
 def test_bad_seed_raises(bad):
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         pn.seed(bad)

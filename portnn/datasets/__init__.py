@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import random
+from .._checks import integer
 from ..backend import Backend, get_backend
 from .fashion import CLASS_NAMES as FASHION_MNIST_CLASSES
 from .fashion import default_data_dir, fashion_mnist
@@ -32,10 +33,11 @@ def _rng(seed: int | None) -> np.random.RandomState:
     return random.host() if seed is None else np.random.RandomState(seed)
 
 
-def _check_counts(samples: int, classes: int) -> None:
-    for name, n in (("samples", samples), ("classes", classes)):
-        if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"{name} must be a positive integer, got {n!r}")
+def _check_counts(samples: int, classes: int) -> np.dtype:
+    """Check the counts; the smallest unsigned dtype for the labels (uint8 up to 256 classes)."""
+    integer("samples", samples)
+    integer("classes", classes)
+    return np.min_scalar_type(int(classes) - 1)
 
 
 def _out(X: np.ndarray, y: np.ndarray, backend: str | Backend | None) -> tuple[Any, Any]:
@@ -56,12 +58,12 @@ def spiral(
 
     For class k: ``r = linspace(0, 1)``, ``t = linspace(4k, 4(k+1)) + 0.2 * normal``,
     ``X = [r sin(2.5 t), r cos(2.5 t)]``. Returns X ``(samples * classes, 2)`` float32 and
-    labels ``(samples * classes,)`` uint8, in class order (not shuffled).
+    labels ``(samples * classes,)`` uint8 (wider beyond 256 classes), in class order (not shuffled).
     """
-    _check_counts(samples, classes)
+    label_dtype = _check_counts(samples, classes)
     rng = _rng(seed)
     X = np.zeros((samples * classes, 2), dtype=np.float32)
-    y = np.zeros(samples * classes, dtype=np.uint8)
+    y = np.zeros(samples * classes, dtype=label_dtype)
     for k in range(classes):
         ix = slice(samples * k, samples * (k + 1))
         r = np.linspace(0.0, 1, samples)
@@ -79,10 +81,10 @@ def vertical(
     backend: str | Backend | None = None,
 ) -> tuple[Any, Any]:
     """The book's vertical data: class k around ``(k / 3, 0.5)`` with spread 0.1."""
-    _check_counts(samples, classes)
+    label_dtype = _check_counts(samples, classes)
     rng = _rng(seed)
     X = np.zeros((samples * classes, 2), dtype=np.float32)
-    y = np.zeros(samples * classes, dtype=np.uint8)
+    y = np.zeros(samples * classes, dtype=label_dtype)
     for k in range(classes):
         ix = slice(samples * k, samples * (k + 1))
         X[ix] = np.c_[
