@@ -9,6 +9,7 @@ from typing import Any
 
 from ._xp import all_finite, array_namespace, is_kind, one_hot, pick
 from .activations import Softmax
+from .backend import to_numpy
 from .layers import Layer
 
 EPS = 1e-7
@@ -33,7 +34,39 @@ def _one_hot_rows(y_true: Any, like: Any) -> Any:
 
 
 class Loss:
-    """Base class: validation, the mean, the accumulated mean over batches, regularization."""
+    """Base class: validation, the mean, the accumulated mean over batches, regularization.
+
+    A loss may declare the output activation it fuses with (``fused_activation``): a Model
+    ending in exactly that activation then calls ``fused_backward(activation_output, y)`` for
+    the gradient of the activation's inputs and skips the activation's own backward. The
+    declaration is inherited only while the math is: a subclass that overrides ``_forward``,
+    ``backward`` or ``fused_backward`` must declare it again, or it runs unfused.
+    """
+
+    fused_activation: type[Layer] | None = None
+    #: True for a loss whose ``backward`` already gives the gradient of the activation's
+    #: inputs: a Model must fuse it (its output layer must be ``fused_activation``) or refuse.
+    needs_fusion: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        changed = {"_forward", "backward", "fused_backward"} & vars(cls).keys()
+        if changed and "fused_activation" not in vars(cls):
+            cls.fused_activation = None
+
+    def fuses_with(self, layer: Layer) -> bool:
+        """Whether ``fused_backward`` may stand for this loss's backward followed by
+        ``layer``'s: ``layer`` is the declared activation and computes exactly its math."""
+        act = self.fused_activation
+        return (
+            act is not None
+            and isinstance(layer, act)
+            and all(getattr(type(layer), m) is getattr(act, m) for m in ("forward", "backward"))
+        )
+
+    def fused_backward(self, output: Any, y_true: Any) -> Any:
+        """The gradient of the mean loss with respect to the fused activation's inputs."""
+        raise NotImplementedError(f"{type(self).__name__} fuses with no activation")
 
     def __init__(self) -> None:
         self.trainable_layers: list[Layer] = []
@@ -112,8 +145,13 @@ class Loss:
 
 
 class CategoricalCrossentropy(Loss):
-    """Categorical cross-entropy: ``-log p[true class]`` with p clipped;
-    backward ``-(y_onehot / p) / N``. Targets: class indices (any integer dtype) or one-hot."""
+    """Categorical cross-entropy: ``-sum(y * log p)`` per sample with p clipped, which is the
+    book's ``-log p[true class]`` for class indices and one-hot rows; backward
+    ``-(y / p) / N``. Targets: class indices (any integer dtype), one-hot rows, or soft labels
+    (rows of probabilities summing to 1). Fused with a Softmax output, the backward of both is
+    ``(softmax - y) / N``."""
+
+    fused_activation = Softmax
 
     def check_targets(self, y_true: Any, n_samples: int, n_outputs: int, values: bool = True):
         xp = array_namespace(y_true)
@@ -140,6 +178,8 @@ class CategoricalCrossentropy(Loss):
                     f"one-hot targets must have shape ({n_samples}, {n_outputs}) to match the "
                     f"outputs, got {_shape(y_true)}"
                 )
+            if values:
+                _check_probability_rows(y_true, type(self).__name__)
         else:
             raise ValueError(
                 f"targets must be class indices (N,) or one-hot (N, classes), got {_shape(y_true)}"
@@ -148,15 +188,35 @@ class CategoricalCrossentropy(Loss):
     def _forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = array_namespace(y_pred)
         if y_true.ndim == 1:  # clipping the picked column equals picking from the clipped
-            confidences = _clipped(pick(y_pred, y_true))
-        else:
-            p = _clipped(y_pred)
-            confidences = xp.sum(p * xp.astype(y_true, p.dtype, copy=False), axis=1)
-        return -xp.log(confidences)
+            return -xp.log(_clipped(pick(y_pred, y_true)))
+        y = xp.astype(y_true, y_pred.dtype, copy=False)
+        return -xp.sum(y * xp.log(_clipped(y_pred)), axis=1)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
-        self.dinputs = -(_one_hot_rows(y_true, dvalues) / dvalues) / dvalues.shape[0]
+        # Clipped as the forward is: a probability of exactly 0 would give inf and NaN.
+        self.dinputs = -(_one_hot_rows(y_true, dvalues) / _clipped(dvalues)) / dvalues.shape[0]
         return self.dinputs
+
+    def fused_backward(self, output: Any, y_true: Any) -> Any:
+        """``(softmax_output - y) / N``: exact for targets whose rows sum to 1, which
+        ``check_targets`` demands."""
+        return (output - _one_hot_rows(y_true, output)) / output.shape[0]
+
+
+def _check_probability_rows(y_true: Any, who: str) -> None:
+    """2-D targets must be rows of probabilities: every value in [0, 1], each row summing to 1
+    (NaN fails both). Anything else has no cross-entropy the fused gradient agrees with."""
+    xp = array_namespace(y_true)
+    y = y_true if is_kind(y_true, "real floating") else xp.astype(y_true, xp.float32)
+    in_range = xp.all((y >= 0) & (y <= 1), axis=1)
+    ok = in_range & (xp.abs(xp.sum(y, axis=1) - 1) <= 1e-3)
+    if not bool(xp.all(ok)):
+        row = to_numpy(ok).tolist().index(False)
+        raise ValueError(
+            f"{who} targets of shape (samples, classes) must be one-hot or soft-label rows: "
+            f"values in [0, 1] that sum to 1 per row; row {row} is {to_numpy(y_true[row, ...])}. "
+            "Pass class indices, or fix or drop that row"
+        )
 
 
 class BinaryCrossentropy(Loss):
@@ -222,8 +282,12 @@ class SoftmaxCategoricalCrossentropy(CategoricalCrossentropy):
 
     The book's chapter 9-17 use: ``loss = f.forward(logits, y)`` returns the mean loss and sets
     ``f.output`` (the probabilities); ``f.backward(f.output, y)`` sets ``f.dinputs``.
-    A ``Model`` with a Softmax output and CategoricalCrossentropy uses this automatically.
+    As a Model's loss it needs a Softmax output layer, which it fuses with (so does
+    CategoricalCrossentropy).
     """
+
+    fused_activation = Softmax
+    needs_fusion = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -234,5 +298,5 @@ class SoftmaxCategoricalCrossentropy(CategoricalCrossentropy):
         return self.calculate(self.output, y_true)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
-        self.dinputs = (dvalues - _one_hot_rows(y_true, dvalues)) / dvalues.shape[0]
+        self.dinputs = self.fused_backward(dvalues, y_true)
         return self.dinputs

@@ -128,6 +128,38 @@ def test_fused_softmax_cross_entropy(backend64, target):
     assert_grad(dinputs, numeric_grad(lambda z: fused.forward(backend64.asarray(z), y_dev), logits))
 
 
+def test_soft_labels_have_one_cross_entropy_for_loss_and_gradient(backend64):
+    # Soft labels: the loss is -sum(y log p) and both backwards are its gradient (the loss
+    # was once -log(sum(y p)) while the gradients were those of -sum(y log p)).
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal((5, 3))
+    y = np.array([[0.8, 0.1, 0.1], [0.2, 0.5, 0.3], [0, 0, 1], [1 / 3, 1 / 3, 1 / 3], [0, 1, 0]])
+    y_dev = backend64.asarray(y)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    cce = CCE()
+    per_sample = cce.forward(backend64.asarray(probs), y_dev)
+    np.testing.assert_allclose(pn.to_numpy(per_sample), -(y * np.log(probs)).sum(1), rtol=1e-12)
+    dprobs = cce.backward(backend64.asarray(probs), y_dev)
+    assert_grad(dprobs, numeric_grad(lambda q: cce.calculate(backend64.asarray(q), y_dev), probs))
+    fused = pn.SoftmaxCategoricalCrossentropy()
+    fused.forward(backend64.asarray(logits), y_dev)
+    dlogits = fused.backward(fused.output, y_dev)
+    assert_grad(dlogits, numeric_grad(lambda z: fused.forward(backend64.asarray(z), y_dev), logits))
+
+
+def test_unfused_backward_clips_as_the_forward_does(backend):
+    # A probability of exactly 0 for the true class: finite loss, so a finite gradient too.
+    p = backend.asarray(np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]))
+    y = backend.asarray(np.array([0, 2]))
+    cce = CCE()
+    assert np.isfinite(cce.calculate(p, y))
+    d = pn.to_numpy(cce.backward(p, y))
+    assert np.isfinite(d).all()
+    clipped = np.float32(EPS)  # the true class's probability of 0 is clipped to 1e-7
+    np.testing.assert_allclose(d[1], [0, 0, -1 / clipped / 2], rtol=1e-6)
+    np.testing.assert_allclose(d[0], [-1 / np.float32(1 - EPS) / 2, 0, 0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_predictions_are_clipped_so_no_log_of_zero(backend_name, dtype):
     P = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=dtype)
@@ -215,6 +247,12 @@ BAD = [
     (pn.MeanSquaredError, (4, 1), np.array([[0], [np.nan], [1], [2]]), ValueError, "NaN"),
     (pn.MeanAbsoluteError, (4, 1), np.zeros((3, 1)), ValueError, r"different lengths: 4 .* 3"),
     (pn.MeanAbsoluteError, (2, 1), np.array([[0], [np.inf]]), ValueError, "infinity"),
+    # 2-D targets must be probability rows: a NaN gave nan silently, a zero row inf
+    (CCE, (3, 3), np.array([[1, 0, 0], [np.nan, 1, 0], [0, 0, 1]]), ValueError, r"row 1 is"),
+    (CCE, (3, 3), np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]]), ValueError, r"sum to 1.*row 2"),
+    (CCE, (2, 3), np.array([[0.5, 0.6, 0], [0, 1, 0]]), ValueError, r"sum to 1.*row 0"),
+    (CCE, (2, 3), np.array([[2.0, -1.0, 0], [0, 1, 0]]), ValueError, r"\[0, 1\].*row 0"),
+    (pn.SoftmaxCategoricalCrossentropy, (1, 2), np.array([[0, 0]]), ValueError, "one-hot"),
 ]
 
 
