@@ -8,7 +8,6 @@ accuracies are summed on the device and read back only at logging points.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import sys
 from collections.abc import Iterable
@@ -17,16 +16,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import random
+from ._checks import integer
 from ._xp import all_finite, is_kind, quiet_float_errors
-from .activations import Softmax
 from .backend import Backend, backend_of, get_backend
 from .layers import Dense, Layer
-from .losses import (
-    BinaryCrossentropy,
-    CategoricalCrossentropy,
-    Loss,
-    SoftmaxCategoricalCrossentropy,
-)
+from .losses import BinaryCrossentropy, CategoricalCrossentropy, Loss
 from .metrics import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
 from .optimizers import Optimizer
 
@@ -44,15 +38,6 @@ HISTORY_KEYS = (
 # Epochs whose figures may wait on the device for the next logging point. Each keeps its
 # parameters and optimizer state alive (to restore on divergence), so the wait is bounded.
 _MAX_PENDING = 10
-
-
-def _positive_int(name: str, value: Any, allow_none: bool = False, minimum: int = 1) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be {kind}{extra}, got {value!r}")
 
 
 class Model:
@@ -108,28 +93,38 @@ class Model:
                     f"Dense takes {b.n_inputs} inputs"
                 )
         self.trainable_layers = [layer for layer in self.layers if layer.param_names]
+        self._check_one_backend()
         for layer in dense:
             layer.compute_dinputs = layer is not self.layers[0]
         self.output_layer = self.layers[-1]
-        softmax_out = isinstance(self.output_layer, Softmax)
-        if type(self.loss) is SoftmaxCategoricalCrossentropy and not softmax_out:
-            raise ValueError(
-                "SoftmaxCategoricalCrossentropy needs a Softmax output layer; end the model "
-                "with pn.Softmax() (CategoricalCrossentropy is then fused automatically)"
-            )
-        # Exact types: a subclass of the loss may change its math, so it runs unfused.
+        # The loss says what it fuses with; the model only asks (no guess from its type).
+        loss = self.loss
         self._fused = (
-            softmax_out
-            and type(self.loss) in (CategoricalCrossentropy, SoftmaxCategoricalCrossentropy)
-            and len(self.layers) > 1
+            loss is not None and len(self.layers) > 1 and loss.fuses_with(self.output_layer)
         )
-        self._fused_backward = SoftmaxCategoricalCrossentropy() if self._fused else None
+        if loss is not None and loss.needs_fusion and not self._fused:
+            raise ValueError(_fusion_refused(loss, self.output_layer))
         if self.loss is not None:
             self.loss.remember_trainable_layers(self.trainable_layers)
             if self.accuracy is None:
                 self.accuracy = _default_accuracy(self.loss)
         self._finalized = True
         return self
+
+    def _check_one_backend(self) -> None:
+        """Every parameter on one backend, device and dtype: mixing them either fails deep in
+        a product or silently promotes the whole model to float64."""
+        found = {}
+        for i, layer in enumerate(self.layers):
+            for name in layer.param_names:
+                found.setdefault(backend_of(getattr(layer, name)), f"layer {i} ({layer!r})")
+        if len(found) > 1:
+            listed = "; ".join(f"{where} is on {b}" for b, where in found.items())
+            raise ValueError(
+                f"the model's parameters live on different backends or dtypes: {listed}. "
+                "Build every layer on one backend (pn.use_backend), or move the model with "
+                "model.to(backend, dtype)"
+            )
 
     @property
     def backend(self) -> Backend:
@@ -163,7 +158,7 @@ class Model:
     # --- data -------------------------------------------------------------------------------
     def _prepare_x(self, X: Any) -> Any:
         b = self.backend
-        X = b.asarray(X)
+        original, X = X, b.asarray(X)
         xp = b.xp
         if not xp.isdtype(X.dtype, "real floating"):
             X = xp.astype(X, b.dtype)
@@ -180,6 +175,12 @@ class Model:
         if X.shape[0] == 0:
             raise ValueError("X has no samples")
         if not all_finite(X):
+            if all_finite(b.asarray(original, dtype="float64")):
+                raise ValueError(
+                    f"X has values beyond the range of {b.dtype_name}, which become infinite "
+                    "in it; rescale the data, or compute in float64 "
+                    "(pn.use_backend(..., dtype='float64'), model.to(backend, 'float64'))"
+                )
             raise ValueError("X contains NaN or infinite values; clean or impute them first")
         return X
 
@@ -218,7 +219,7 @@ class Model:
 
     def backward(self, output: Any, y: Any) -> None:
         if self._fused:
-            dvalues = self._fused_backward.backward(output, y)
+            dvalues = self.loss.fused_backward(output, y)
             layers = self.layers[:-1]
         else:
             dvalues = self.loss.backward(output, y)
@@ -272,13 +273,15 @@ class Model:
         returns the history: per-epoch lists under ``HISTORY_KEYS``. ``shuffle`` draws a new
         order each epoch on the device. ``progress`` shows a bar (default: on a terminal,
         when printing). A loss that turns NaN or infinite stops training at the next logging
-        point (at most ``_MAX_PENDING`` epochs later) with a FloatingPointError; the model
-        keeps the last finite epoch's parameters.
+        point (at most ``_MAX_PENDING`` epochs later) with a FloatingPointError, as do NaN or
+        infinite parameters after the last update; the model then keeps the parameters that
+        the last finite epoch loss was measured from (that epoch's start), and the error's
+        ``history`` holds the epochs before.
         """
         self._require("loss", "optimizer")
-        _positive_int("epochs", epochs)
-        _positive_int("batch_size", batch_size, allow_none=True)
-        _positive_int("print_every", print_every, allow_none=True, minimum=0)
+        epochs = integer("epochs", epochs)
+        batch_size = integer("batch_size", batch_size, allow_none=True)
+        print_every = integer("print_every", print_every, 0, allow_none=True)
         X, y = self._prepare(X, y)
         val = self._prepare(*_pair(validation_data)) if validation_data is not None else None
         self.accuracy.init(y)
@@ -292,11 +295,14 @@ class Model:
         bar = tqdm(total=epochs * len(batches), disable=not progress, unit="batch", leave=False)
         history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
         pending: list[dict] = []  # epochs since the last logging point, values still on device
-        last_good = self._snapshot()
+        # The parameters an epoch starts from are what its first forward pass measures, so
+        # each epoch keeps a snapshot of its start; a finite epoch loss vouches for it.
+        last_good = (0, self._snapshot())
         try:
             with quiet_float_errors(X):
                 for epoch in range(1, epochs + 1):
                     bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
+                    start = self._snapshot()
                     # Each batch is gathered by its slice of a device permutation: no shuffled
                     # copy of the whole data set is made (nor kept alive by a layer's inputs).
                     order = random.permutation(n, b) if shuffle and len(batches) > 1 else None
@@ -320,7 +326,7 @@ class Model:
                         "regularization_loss": reg,
                         "accuracy": accuracy,
                         "learning_rate": self.optimizer.current_learning_rate,
-                        "state": self._snapshot(),
+                        "start": start,
                     }
                     if val is not None:
                         record["val_loss"], record["val_accuracy"] = self._evaluate_device(
@@ -332,6 +338,10 @@ class Model:
                             pending, history, last_good, bar, print_every, epochs
                         )
                         pending = []
+                # No forward pass measures the last update: check its parameters themselves.
+                if not all(all_finite(p) for values in self._snapshot()[0] for p in values):
+                    what = f"the update of epoch {epochs} made parameters NaN or infinite"
+                    self._diverged(last_good, history, what)
         finally:
             bar.close()
         return history
@@ -339,22 +349,33 @@ class Model:
     def _flush(self, pending, history, last_good, bar, print_every, epochs):
         """A logging point: read the pending epochs' figures back, stop on divergence, print."""
         for record in pending:
-            values = {k: _float(v) for k, v in record.items() if k != "state"}
+            values = {k: _float(v) for k, v in record.items() if k != "start"}
             values["loss"] = values["data_loss"] + values["regularization_loss"]
             if not math.isfinite(values["loss"]):
-                self._restore(last_good)
-                good = f"epoch {history['epoch'][-1]}" if history["epoch"] else "before that epoch"
-                raise FloatingPointError(
-                    f"training diverged: the loss became {values['loss']} at epoch "
-                    f"{values['epoch']}; the model keeps its parameters from {good}. "
-                    f"Try a lower learning rate (it was {values['learning_rate']:.3g})."
-                )
-            last_good = record["state"]
+                what = f"the loss of epoch {values['epoch']} became {values['loss']}"
+                self._diverged(last_good, history, what)
+            last_good = (values["epoch"], record["start"])
             for key in HISTORY_KEYS:
                 history[key].append(values.get(key))
             if print_every and (values["epoch"] % print_every == 0 or values["epoch"] == epochs):
                 bar.write(_book_line(values))
         return last_good
+
+    def _diverged(self, last_good: tuple, history: dict, what: str) -> None:
+        """Restore the last parameters a finite loss vouched for, and raise."""
+        epoch, snapshot = last_good
+        lr = self.optimizer.current_learning_rate
+        self._restore(snapshot)
+        if epoch:
+            kept = f"the start of epoch {epoch}, the last whose loss was finite"
+        else:
+            kept = "the start of this train call (no epoch had a finite loss)"
+        error = FloatingPointError(
+            f"training diverged: {what}; the model keeps its parameters from {kept}. "
+            f"Try a lower learning rate (it was {lr:.3g})."
+        )
+        error.history = history  # the epochs that completed, for whoever catches this
+        raise error
 
     def _snapshot(self) -> tuple:
         """The parameters and optimizer state by reference: updates make new arrays, never
@@ -376,7 +397,7 @@ class Model:
     def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> tuple[float, float]:
         """Mean data loss and accuracy over (X, y), as floats."""
         self._require("loss")
-        _positive_int("batch_size", batch_size, allow_none=True)
+        batch_size = integer("batch_size", batch_size, allow_none=True)
         X, y = self._prepare(X, y)
         self.accuracy.init(y)
         with quiet_float_errors(X):
@@ -386,7 +407,7 @@ class Model:
     def predict(self, X: Any, *, batch_size: int | None = None) -> Any:
         """The output layer's outputs for X, stacked, on the model's backend."""
         self._require()
-        _positive_int("batch_size", batch_size, allow_none=True)
+        batch_size = integer("batch_size", batch_size, allow_none=True)
         X = self._prepare_x(X)
         outputs = [self.forward(X[s, ...]) for s in self._batches(X.shape[0], batch_size)]
         return outputs[0] if len(outputs) == 1 else self.backend.xp.concat(outputs, axis=0)
@@ -442,6 +463,21 @@ class Model:
         from . import io
 
         return io.load_model(path, backend)
+
+
+def _fusion_refused(loss: Loss, output_layer: Layer) -> str:
+    name, act = type(loss).__name__, loss.fused_activation
+    if act is None:
+        return (
+            f"{name} changes the math of a loss whose backward gives the gradient of the "
+            "logits, and declares no fused_activation; declare fused_activation (and "
+            "fused_backward) on it, or subclass CategoricalCrossentropy instead"
+        )
+    return (
+        f"{name} needs the model to end in a plain pn.{act.__name__}() to fuse with, but it "
+        f"ends in {output_layer!r}; end the model with pn.{act.__name__}() "
+        "(CategoricalCrossentropy then fuses automatically)"
+    )
 
 
 def _default_accuracy(loss: Loss) -> Accuracy:

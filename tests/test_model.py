@@ -11,6 +11,7 @@ import pytest
 from helpers import assert_parameters_equal, host, host_parameters
 
 import portnn as pn
+from portnn import nnfs
 from portnn.backend import library_of
 from portnn.model import HISTORY_KEYS
 
@@ -50,7 +51,23 @@ def regression_data(n=10):
 
 
 class UnfusedCCE(pn.CategoricalCrossentropy):
-    """Categorical cross-entropy the model does not fuse (only the exact class is fused)."""
+    """Categorical cross-entropy that declares it fuses with nothing."""
+
+    fused_activation = None
+
+
+class PlainSubclassCCE(pn.CategoricalCrossentropy):
+    """A subclass that keeps the math: it keeps the fusion too."""
+
+
+class ChangedMathCCE(pn.CategoricalCrossentropy):
+    """A subclass that changes the math: the inherited fusion no longer applies."""
+
+    def _forward(self, y_pred, y_true):
+        return 2 * super()._forward(y_pred, y_true)
+
+    def backward(self, dvalues, y_true):
+        return 2 * super().backward(dvalues, y_true)
 
 
 # --- building ---------------------------------------------------------------------------------
@@ -150,7 +167,10 @@ def _count_softmax_backward(model, monkeypatch):
     [
         (pn.CategoricalCrossentropy, True),
         (pn.SoftmaxCategoricalCrossentropy, True),
+        (nnfs.Activation_Softmax_Loss_CategoricalCrossentropy, True),
+        (PlainSubclassCCE, True),
         (UnfusedCCE, False),
+        (ChangedMathCCE, False),
     ],
 )
 def test_softmax_with_cross_entropy_is_fused_automatically(backend, monkeypatch, loss, fused):
@@ -192,11 +212,85 @@ def test_fused_gradients_equal_the_unfused_chain(backend64, loss, one_hot):
         )
 
 
+@pytest.mark.parametrize(
+    "loss",
+    [
+        pn.CategoricalCrossentropy,
+        pn.SoftmaxCategoricalCrossentropy,
+        nnfs.Activation_Softmax_Loss_CategoricalCrossentropy,
+        PlainSubclassCCE,
+        UnfusedCCE,
+    ],
+)
+def test_every_cross_entropy_variant_trains_the_same_network(backend64, loss):
+    # Fused or not, the same math must give the same parameters (a subclass of the fused loss
+    # once had Softmax's backward applied on top of the logits' gradient: 0.22 off a step).
+    X, y = pn.datasets.spiral(20, 3)
+
+    def trained(loss_class):
+        pn.seed(3)
+        model = pn.Model([pn.Dense(2, 16), pn.ReLU(), pn.Dense(16, 3), pn.Softmax()])
+        model.set(loss=loss_class(), optimizer=pn.SGD(learning_rate=0.5))
+        model.train(X, y, epochs=5, print_every=None)
+        return host_parameters(model)
+
+    assert_parameters_equal(trained(loss), trained(pn.CategoricalCrossentropy), rtol=1e-9)
+
+
+def test_the_books_combined_loss_resumes_after_save_and_load(backend, tmp_path):
+    X, y = pn.datasets.spiral(20, 3)
+
+    def build():
+        pn.seed(4)
+        model = pn.Model([pn.Dense(2, 16), pn.ReLU(), pn.Dense(16, 3), pn.Softmax()])
+        loss = nnfs.Activation_Softmax_Loss_CategoricalCrossentropy()
+        return model.set(loss=loss, optimizer=pn.Adam(learning_rate=0.02))
+
+    straight = build()
+    straight.train(X, y, epochs=6, print_every=None, shuffle=False)
+    resumed = build()
+    resumed.train(X, y, epochs=3, print_every=None, shuffle=False)
+    resumed.save(tmp_path / "m.npz")
+    resumed = pn.Model.load(tmp_path / "m.npz")
+    resumed.train(X, y, epochs=3, print_every=None, shuffle=False)
+    assert_parameters_equal(host_parameters(resumed), host_parameters(straight), rtol=1e-6)
+
+
+def test_a_fused_loss_whose_math_changed_is_refused(backend):
+    class Doubled(pn.SoftmaxCategoricalCrossentropy):
+        def backward(self, dvalues, y_true):
+            return 2 * super().backward(dvalues, y_true)
+
+    X, y = pn.datasets.spiral(10, 3)
+    model = pn.Model([pn.Dense(2, 3), pn.Softmax()])
+    model.set(loss=Doubled(), optimizer=pn.SGD())
+    before = host_parameters(model)
+    with pytest.raises(ValueError, match="declares no fused_activation"):
+        model.train(X, y)
+    assert_parameters_equal(host_parameters(model), before)
+
+
+def test_a_softmax_whose_math_changed_is_not_fused(backend, monkeypatch):
+    class ScaledSoftmax(pn.Softmax):
+        def forward(self, inputs, training=False):
+            return super().forward(2 * inputs, training)
+
+    X, y = pn.datasets.spiral(10, 3)
+    model = pn.Model([pn.Dense(2, 3), ScaledSoftmax()])
+    model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.SGD())
+    calls = _count_softmax_backward(model, monkeypatch)
+    model.train(X, y, epochs=2, print_every=None)
+    assert len(calls) == 2
+    model.set(loss=pn.SoftmaxCategoricalCrossentropy())
+    with pytest.raises(ValueError, match=r"needs the model to end in a plain pn.Softmax\(\)"):
+        model.train(X, y)
+
+
 def test_softmax_cross_entropy_loss_needs_a_softmax_output(backend):
     X, y = pn.datasets.spiral(10, 3)
     model = pn.Model([pn.Dense(2, 3), pn.Linear()])
     model.set(loss=pn.SoftmaxCategoricalCrossentropy(), optimizer=pn.SGD())
-    with pytest.raises(ValueError, match="needs a Softmax output layer"):
+    with pytest.raises(ValueError, match=r"needs the model to end in a plain pn.Softmax\(\)"):
         model.train(X, y)
 
 
@@ -520,6 +614,20 @@ def test_a_float32_model_stays_float32_through_training(backend, make):
 # --- divergence -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_an_update_to_infinity_is_never_kept(backend, epochs):
+    # One SGD step of 1e21 takes the weight to inf (its loss, measured before the step, is
+    # finite): neither the last epoch nor a restore may leave infinite weights behind.
+    model = pn.Model([pn.Dense(1, 1), pn.Linear()])
+    model.set(loss=pn.MeanSquaredError(), optimizer=pn.SGD(1e21))
+    before = host_parameters(model)
+    X, y = np.ones((4, 1), np.float32), np.full((4, 1), 1e18, np.float32)
+    with pytest.raises(FloatingPointError, match="from the start of epoch 1,"):
+        model.train(X, y, epochs=epochs, print_every=None)
+    assert_parameters_equal(host_parameters(model), before)
+    assert model.optimizer.iterations == 0
+
+
 @pytest.mark.parametrize("print_every", [1, None])
 @pytest.mark.parametrize(
     ("batch_size", "learning_rate", "finite_epochs"),
@@ -545,15 +653,20 @@ def test_divergence_raises_and_keeps_the_last_finite_epoch(
         model.train(X, y, epochs=30, print_every=print_every, **kwargs)
     message = str(caught.value)
     assert "Try a lower learning rate" in message
-    good = int(re.search(r"the loss became (?:inf|nan) at epoch (\d+)", message)[1]) - 1
+    bad = int(re.search(r"the loss of epoch (\d+) became (?:inf|nan)", message)[1])
+    # The parameters kept are those the last finite epoch loss was measured from: the start
+    # of epoch bad - 1 (the end of epoch bad - 1 is what epoch bad's loss measured).
+    good = bad - 1
     assert (good >= 1) == finite_epochs
-    assert f"keeps its parameters from {f'epoch {good}' if good else 'before'}" in message
+    kept_from = f"the start of epoch {good}" if good else "the start of this train call"
+    assert f"keeps its parameters from {kept_from}" in message
     kept = host_parameters(model)
     assert all(np.isfinite(a).all() for pair in kept for a in pair)
+    assert caught.value.history["epoch"] == list(range(1, good + 1))
 
-    reference = build()  # the same model, trained for the finite epochs only
-    if good:
-        history = reference.train(X, y, epochs=good, print_every=None, **kwargs)
+    reference = build()  # the same model, trained for the epochs before the last finite one
+    if good > 1:
+        history = reference.train(X, y, epochs=good - 1, print_every=None, **kwargs)
         assert np.isfinite(history["loss"]).all()
     assert_parameters_equal(kept, host_parameters(reference))
     assert model.optimizer.iterations == reference.optimizer.iterations
@@ -735,3 +848,72 @@ def test_arrays_of_another_library_raise_and_numpy_is_always_accepted(backend):
     model.train(*mine, epochs=1, print_every=None)
     assert model.optimizer.iterations == 4
     np.testing.assert_allclose(host(model.predict(mine[0])), host(model.predict(X)))
+
+
+# --- what goes in must be what it seems -------------------------------------------------------
+
+
+def test_layers_on_two_dtypes_are_refused_at_finalize(backend):
+    model = pn.Model([pn.Dense(2, 4), pn.ReLU(), pn.Dense(4, 3, dtype="float64"), pn.Softmax()])
+    model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.SGD())
+    X, y = pn.datasets.spiral(5, 3)
+    with pytest.raises(ValueError, match=r"different backends or dtypes.*model.to\(backend"):
+        model.train(X, y)
+    model.to(backend.name, "float32")
+    model.train(X, y, print_every=None)
+    assert host(model.predict(X)).dtype == np.float32
+
+
+def test_layers_on_two_backends_are_refused_at_finalize(backend):
+    other = "array_api_strict" if backend.name != "array_api_strict" else "numpy"
+    if other not in pn.available_backends():
+        pytest.skip(f"needs a second backend ({other} is not installed)")
+    model = pn.Model([pn.Dense(2, 4), pn.ReLU(), pn.Dense(4, 3, backend=other), pn.Softmax()])
+    with pytest.raises(ValueError, match=f"different backends.*{other}"):
+        model.finalize()
+
+
+def test_numpy_numbers_are_taken_wherever_numbers_are(backend):
+    # Dense(2, y.max() + 1) with the library's own uint8 labels was refused.
+    X, y = pn.datasets.spiral(10, 3)
+    model = pn.Model([pn.Dense(np.int64(2), y.max() + 1, weight_regularizer_l2=np.float32(1e-4))])
+    model.add(pn.Dropout(np.float64(0.1))).add(pn.LeakyReLU(np.float32(0.1))).add(pn.Softmax())
+    model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(np.float32(1e-3)))
+    history = model.train(X, y, epochs=np.int32(2), batch_size=np.uint8(10), print_every=None)
+    assert history["epoch"] == [1, 2]
+    assert model.layers[0].n_neurons == 3 and type(model.layers[0].n_neurons) is int
+
+
+@pytest.mark.parametrize("make", [lambda: pn.Dense(True, 3), lambda: pn.Dropout(True)])
+def test_booleans_are_not_numbers(make):
+    with pytest.raises(ValueError, match="must be"):
+        make()
+
+
+def test_float64_data_beyond_float32_range_is_named_as_such(backend):
+    model = pn.Model([pn.Dense(1, 1), pn.Linear()])
+    model.set(loss=pn.MeanSquaredError(), optimizer=pn.SGD())
+    X = np.array([[1.0], [1e39]])
+    with pytest.raises(ValueError, match=r"beyond the range of float32.*float64"):
+        model.predict(X)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.predict(np.array([[1.0], [np.inf]]))
+
+
+def test_torch_inputs_that_require_grad_are_refused(backend):
+    if backend.name != "torch":
+        pytest.skip("torch tensors are another library's arrays on this backend")
+    import torch
+
+    model = pn.Model([pn.Dense(2, 3), pn.Softmax()])
+    model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.SGD())
+    X, y = pn.datasets.spiral(5, 3)
+    X = torch.tensor(X, requires_grad=True)
+    before = host_parameters(model)
+    with pytest.raises(TypeError, match=r"requires grad.*detach"):
+        model.train(X, torch.tensor(y))
+    with pytest.raises(TypeError, match=r"requires grad.*detach"):
+        model.layers[0].forward(X)
+    assert_parameters_equal(host_parameters(model), before)
+    model.train(X.detach(), torch.tensor(y), epochs=2, print_every=None)
+    assert not any(p.requires_grad for pair in model.get_parameters() for p in pair)
