@@ -5,7 +5,6 @@ version, which stays the reference (tests compare the two)."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,7 +96,7 @@ def adam_update(
     """One Adam step with the bias corrections folded into ``scale`` and ``eps``:
     ``m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g**2; param - scale * m / (sqrt(v) + eps)``.
     Returns new (param, m, v); the arguments are never written to."""
-    if library_of(param) == "numpy" and param.size >= _RECYCLE_FROM:
+    if library_of(param) == "numpy":
         return _adam_numpy(param, grad, m, v, beta_1, beta_2, scale, eps)
     return _adam_portable(param, grad, m, v, beta_1, beta_2, scale, eps)
 
@@ -110,61 +109,21 @@ def _adam_portable(param, grad, m, v, beta_1, beta_2, scale, eps):
 
 
 def _adam_numpy(param, grad, m, v, beta_1, beta_2, scale, eps):
-    # The portable arithmetic in the same order, written into recycled buffers: a freshly
-    # allocated block of the first layer's size page-faults on first touch, which cost more
-    # than the arithmetic itself (measured: 480 us against 150 us a step for 784 x 128).
+    # The portable arithmetic in the same order (so the same bits), in four new arrays
+    # instead of nine temporaries. New arrays, not reused ones: a shared pool of buffers was
+    # not thread-safe, and anyone may hold the old parameters (a snapshot, a checkpoint).
     import numpy as np
 
-    new_m, new_v, tmp, step = _recycled(param, 4)
-    np.multiply(m, beta_1, out=new_m)
-    np.multiply(grad, 1 - beta_1, out=tmp)
+    new_m = np.multiply(m, beta_1)
+    tmp = np.multiply(grad, 1 - beta_1)
     new_m += tmp
-    np.multiply(v, beta_2, out=new_v)
+    new_v = np.multiply(v, beta_2)
     np.multiply(grad, grad, out=tmp)
     tmp *= 1 - beta_2
     new_v += tmp
     np.sqrt(new_v, out=tmp)
     tmp += eps
-    np.multiply(new_m, scale, out=step)
+    step = np.multiply(new_m, scale)
     step /= tmp
     np.subtract(param, step, out=tmp)
     return tmp, new_m, new_v
-
-
-_POOL: dict[tuple, list] = {}
-_POOL_SIZE = 8  # per shape and dtype: a parameter, its two moments, temporaries, a snapshot
-# Below this many elements NumPy's allocator is cheap and the pool's bookkeeping is not.
-_RECYCLE_FROM = 1 << 16
-
-
-def _reference_counts(bucket: list) -> list[int]:
-    return [sys.getrefcount(buffer) for buffer in bucket]
-
-
-# The count _reference_counts reports for an object that only its list holds (3 on CPython up
-# to 3.13: the list, the loop's name, getrefcount's argument): measured, not assumed, since
-# newer interpreters may borrow references on the stack.
-_ONLY_THE_BUCKET = _reference_counts([object()])[0]
-
-
-def _unreferenced(bucket: list) -> list:
-    """The buffers of ``bucket`` that nothing but the bucket refers to."""
-    counts = _reference_counts(bucket)
-    return [b for b, n in zip(bucket, counts, strict=True) if n == _ONLY_THE_BUCKET]
-
-
-def _recycled(like: Any, count: int) -> list:
-    """``count`` uninitialised NumPy arrays shaped like ``like``: ones portnn made before and
-    nothing else refers to any more, else new ones. Only unreferenced buffers are reused, so
-    no array anyone can see is ever written to."""
-    import numpy as np
-
-    bucket = _POOL.setdefault((like.shape, like.dtype.str), [])
-    # A view of a buffer refers to it too, so a viewed buffer is never reused either.
-    found = _unreferenced(bucket)[:count]
-    while len(found) < count:
-        buffer = np.empty(like.shape, like.dtype)
-        if len(bucket) < _POOL_SIZE:
-            bucket.append(buffer)
-        found.append(buffer)
-    return found

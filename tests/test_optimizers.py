@@ -3,6 +3,7 @@ formulas coincide, argument checks, and float32 staying float32 through a whole 
 
 import numpy as np
 import pytest
+from helpers import assert_parameters_equal, host_parameters
 
 import portnn as pn
 
@@ -241,6 +242,53 @@ def test_constructors_reject_nonsense(kind, kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be") as info:
         getattr(pn, kind)(**kwargs)
     assert repr(next(iter(kwargs.values())))[:3] in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adagrad", "RMSprop", "Adam"])
+def test_constructors_accept_numpy_numbers(kind):
+    # Adam(np.float32(1e-3)) was refused while train() took NumPy numbers.
+    optimizer = getattr(pn, kind)(np.float32(0.5), decay=np.float64(1e-3))
+    assert optimizer.learning_rate == pytest.approx(0.5)
+    assert type(optimizer.learning_rate) is float and type(optimizer.decay) is float
+
+
+def _adam_model(seed):
+    pn.seed(seed)
+    model = pn.Model([pn.Dense(8, 256), pn.ReLU(), pn.Dense(256, 256), pn.ReLU()])
+    model.add(pn.Dense(256, 1)).add(pn.Linear())
+    return model.set(loss=pn.MeanSquaredError(), optimizer=pn.Adam(learning_rate=1e-3))
+
+
+def test_two_models_training_in_two_threads_get_the_single_threaded_results(backend):
+    # Parameters of 65,536 elements: NumPy's Adam once took its buffers from a shared pool
+    # whose reuse two threads could race on (wrong weights in 1-3 of 70 runs).
+    import threading
+
+    rng = np.random.default_rng(0)
+    data = [(rng.standard_normal((64, 8)), rng.standard_normal((64, 1))) for _ in range(2)]
+    expected = []
+    for seed, (X, y) in enumerate(data):
+        model = _adam_model(seed)
+        model.train(X, y, epochs=15, batch_size=8, shuffle=False, print_every=None)
+        expected.append(host_parameters(model))
+    models = [_adam_model(seed) for seed in range(2)]
+    errors = []
+
+    def train(model, X, y):
+        try:
+            model.train(X, y, epochs=15, batch_size=8, shuffle=False, print_every=None)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    pairs = zip(models, data, strict=True)
+    threads = [threading.Thread(target=train, args=(m, *d)) for m, d in pairs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for model, want in zip(models, expected, strict=True):
+        assert_parameters_equal(host_parameters(model), want)
 
 
 @pytest.mark.parametrize(("kind", "kwargs"), CASES, ids=IDS)
