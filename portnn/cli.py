@@ -205,10 +205,15 @@ def _figures(label: str, loss: float, accuracy: float) -> str:
 
 
 def _check_writable(path: str | None, option: str) -> None:
+    """Fail before the run, not after it, when an output file cannot be written there: a
+    folder, a missing folder or one without write permission (an OSError naming the path)."""
     if path is not None:
-        folder = Path(path).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{option} {path}: the folder {folder} does not exist")
+        from ._npz import check_writable
+
+        try:
+            check_writable(Path(path).expanduser())
+        except OSError as exc:
+            raise type(exc)(f"{option}: {exc}") from exc
 
 
 # --- commands --------------------------------------------------------------------------------

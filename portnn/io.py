@@ -8,32 +8,31 @@ A portnn file is a NumPy ``.npz`` archive (a zip of ``.npy`` arrays) holding
 - ``layers/<i>/<name>``: parameter ``name`` of layer ``i`` (``weights``, ``biases``);
 - ``optimizer/<i>/<name>/<field>``: the optimizer's state for that parameter.
 
-Arrays are stored on the host, so any backend reads what any other wrote. Loading uses
-``allow_pickle=False`` and builds objects only from the classes listed below, so a file can
-never run code. Writes go to a temporary file that replaces the target only once complete.
+Arrays are stored on the host, uncompressed, as real floats, so any backend reads what any
+other wrote. Loading never unpickles and builds objects only from the classes listed below,
+so a file can never run code; it checks the header, then every array's name, shape and dtype
+against the architecture the header describes, before reading any array or building any
+layer, so a hostile file cannot make it allocate much more than the file's size
+(``_npz.py`` reads the archive). Writes go to a temporary file that replaces the target
+only once complete.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io as _io
-import json
+import math
 import os
-import tempfile
-import zipfile
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import activations, layers, losses, metrics, optimizers, random
+from . import _npz, activations, layers, losses, metrics, optimizers, random
+from ._npz import FORMAT, VERSION, ModelFileError
+from ._npz import HEADER as HEADER
 from .backend import DTYPES, Backend, get_backend, to_numpy
 
 if TYPE_CHECKING:
     from .model import Model
-
-FORMAT = "portnn"
-VERSION = 1
-HEADER = "__portnn__"
 
 
 def _by_name(*classes: type) -> dict[str, type]:
@@ -65,30 +64,7 @@ _ACCURACIES = _by_name(
 _OPTIMIZERS = _by_name(optimizers.SGD, optimizers.Adagrad, optimizers.RMSprop, optimizers.Adam)
 
 
-class ModelFileError(ValueError):
-    """A file that is not a readable portnn file: corrupt, truncated, foreign or too new."""
-
-
 # --- writing --------------------------------------------------------------------------------
-def _write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically: a temporary file in the same folder, then one rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    payload = {HEADER: np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-    payload.update(arrays)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".portnn-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
 def _described(obj: Any, registry: dict) -> dict | None:
     if obj is None:
         return None
@@ -101,8 +77,12 @@ def _described(obj: Any, registry: dict) -> dict | None:
 
 
 def _parameters(model: Model) -> dict[str, np.ndarray]:
+    return {key: to_numpy(getattr(layer, name)) for key, (layer, name) in _slots(model).items()}
+
+
+def _slots(model: Model) -> dict[str, tuple[layers.Layer, str]]:
     return {
-        f"layers/{i}/{name}": to_numpy(getattr(layer, name))
+        f"layers/{i}/{name}": (layer, name)
         for i, layer in enumerate(model.layers)
         for name in layer.param_names
     }
@@ -111,7 +91,7 @@ def _parameters(model: Model) -> dict[str, np.ndarray]:
 def save_parameters(model: Model, path: str | os.PathLike) -> None:
     header = {"format": FORMAT, "version": VERSION, "kind": "parameters"}
     header["dtype"] = model.backend.dtype_name
-    _write(path, header, _parameters(model))
+    _npz.write(path, header, _parameters(model))
 
 
 def save_model(model: Model, path: str | os.PathLike) -> None:
@@ -138,161 +118,191 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
         "accuracy": _described(model.accuracy, _ACCURACIES),
         "optimizer": optimizer,
     }
-    _write(path, header, arrays)
+    _npz.write(path, header, arrays)
 
 
 # --- reading --------------------------------------------------------------------------------
-def _read(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read and check the whole file before anything is built from it."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:  # FileNotFoundError passes through as itself
-        data = f.read()
+@dataclass
+class _Saved:
+    """A model file's header, checked: what to build, and every array the file may hold."""
+
+    dtype: str
+    layers: list[tuple[type, dict]]  # built only once the arrays are known to fit them
+    loss: Any
+    accuracy: Any
+    optimizer: optimizers.Optimizer | None
+    shapes: dict[str, tuple[int, ...]]
+
+
+def _saved(header: dict, path: str) -> _Saved:
+    dtype = header.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ModelFileError(f"{path}: unsupported dtype {dtype!r} in the header")
+    described = header.get("layers")
+    if not isinstance(described, list) or not described:
+        raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: no layers")
+    specs = [_spec(d, _LAYERS, "layer", path) for d in described]
+    shapes = {
+        f"layers/{i}/{name}": shape
+        for i, (cls, config) in enumerate(specs)
+        for name, shape in _parameter_shapes(cls, config, i, path).items()
+    }
     try:
-        archive = np.load(_io.BytesIO(data), allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):  # a plain .npy has no `with`
-            raise ModelFileError(f"{path} is a single NumPy array, not a portnn file")
-        with archive:
-            arrays = {key: archive[key] for key in archive.files}
+        loss = _built(header.get("loss"), _LOSSES, "loss", path)
+        accuracy = _built(header.get("accuracy"), _ACCURACIES, "accuracy", path)
+        optimizer = _built(header.get("optimizer"), _OPTIMIZERS, "optimizer", path)
     except ModelFileError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise ModelFileError(
-            f"{path} is not a readable portnn file (truncated, corrupt, or another format; "
-            f"portnn never unpickles): {exc}"
-        ) from exc
-    # NpzFile hands back a member that is not a .npy as raw bytes: a zip, but not ours.
-    odd = sorted(key for key, value in arrays.items() if not isinstance(value, np.ndarray))
-    if odd:
-        raise ModelFileError(f"{path} is a zip archive but not a portnn file: {odd} are not arrays")
-    raw = arrays.pop(HEADER, None)
-    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ModelFileError(f"{path} is a NumPy archive without a portnn header")
-    try:
-        header = json.loads(raw.tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path} has a corrupt portnn header: {exc}") from exc
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a portnn file (its header names no portnn format)")
-    version = header.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise ModelFileError(f"{path} has an invalid format version {version!r}")
-    if version > VERSION:
-        raise ModelFileError(
-            f"{path} was written in portnn file format version {version}, newer than this "
-            f"portnn reads (up to {VERSION}); upgrade portnn to read it"
-        )
-    if kind == "model" and header.get("kind") != "model":
-        raise ModelFileError(
-            f"{path} holds {header.get('kind')!r}, not a whole model; "
-            "load it into a built model with model.load_parameters(path)"
-        )
-    return header, arrays
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: {exc}") from exc
+    if optimizer is not None:
+        _set_step_count(optimizer, header["optimizer"], path)
+        fields = optimizer.State._fields if optimizer.State is not None else ()
+        for key, shape in list(shapes.items()):
+            i, name = key.split("/")[1:]
+            shapes.update({f"optimizer/{i}/{name}/{field}": shape for field in fields})
+    return _Saved(dtype, specs, loss, accuracy, optimizer, shapes)
 
 
-def _build(described: dict | None, registry: dict, what: str, path: str) -> Any:
+def _spec(described: Any, registry: dict, what: str, path: str) -> tuple[type, dict]:
+    name = described.get("class") if isinstance(described, dict) else None
+    if not isinstance(name, str) or name not in registry:
+        raise ModelFileError(f"{path}: unknown or malformed {what} {_npz.short(described)}")
+    if not isinstance(described.get("config"), dict):
+        raise ModelFileError(f"{path}: the {what} {name} has no config dict")
+    return registry[name], dict(described["config"])
+
+
+def _built(described: Any, registry: dict, what: str, path: str) -> Any:
     if described is None:
         return None
-    try:
-        cls = registry[described["class"]]
-        return cls, dict(described["config"])
-    except (KeyError, TypeError) as exc:
-        raise ModelFileError(f"{path}: unknown or malformed {what} {described!r}") from exc
+    cls, config = _spec(described, registry, what, path)
+    return cls(**config)
 
 
-def _assign(model: Model, arrays: dict[str, np.ndarray], path: str) -> None:
-    """Check every parameter against the model, then set them all (all or nothing)."""
-    expected = {
-        f"layers/{i}/{name}": (layer, name)
-        for i, layer in enumerate(model.layers)
-        for name in layer.param_names
-    }
-    found = {key for key in arrays if key.startswith("layers/")}
-    if found != set(expected):
+def _parameter_shapes(cls: type, config: dict, i: int, path: str) -> dict[str, tuple]:
+    """The shapes a layer's config implies, known before the layer is built: Dense draws its
+    initial weights when built, so a header alone could otherwise make loading allocate
+    gigabytes."""
+    if not cls.param_names:
+        return {}
+    if cls is not layers.Dense:  # a new layer with parameters must say its shapes here
+        raise TypeError(f"portnn.io does not know the parameter shapes of {cls.__name__}")
+    sizes = config.get("n_inputs"), config.get("n_neurons")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
         raise ModelFileError(
-            f"{path} holds parameters {sorted(found)} but the model has {sorted(expected)}"
+            f"{path}: the saved architecture cannot be rebuilt: layer {i} is a Dense with "
+            f"n_inputs={sizes[0]!r} and n_neurons={sizes[1]!r}, not positive integers"
         )
-    b = model.backend
-    moved = {}
-    for key, (layer, name) in expected.items():
-        value = arrays[key]
-        want = tuple(getattr(layer, name).shape)
-        if value.shape != want or value.dtype.kind != "f":
-            raise ModelFileError(
-                f"{path}: {key} has shape {value.shape} and dtype {value.dtype}, "
-                f"the model needs {want} floats"
-            )
-        moved[key] = b.asarray(value)
-    for key, (layer, name) in expected.items():
+    n_inputs, n_neurons = sizes
+    return {"weights": (n_inputs, n_neurons), "biases": (1, n_neurons)}
+
+
+def _set_step_count(opt: optimizers.Optimizer, described: dict, path: str) -> None:
+    iterations = described.get("iterations")
+    rate = described.get("current_learning_rate")
+    # type() rules out bool; 2**53 bounds what Adam can raise its betas to as a float.
+    if type(iterations) is not int or not 0 <= iterations < 2**53:
+        raise ModelFileError(
+            f"{path}: the optimizer's iterations must be a non-negative integer, "
+            f"got {_npz.short(iterations)}"
+        )
+    if type(rate) not in (int, float) or not (math.isfinite(rate) and rate > 0):
+        raise ModelFileError(
+            f"{path}: the optimizer's current_learning_rate must be a finite positive number, "
+            f"got {_npz.short(rate)}"
+        )
+    opt.iterations, opt.current_learning_rate = iterations, float(rate)
+
+
+def _require(keys: set[str], shapes: dict, path: str, whose: str) -> None:
+    """Every parameter ``shapes`` names is present, and each optimizer state is whole (a
+    parameter never stepped has none)."""
+    found = sorted(key for key in keys if key.startswith("layers/"))
+    needed = sorted(key for key in shapes if key.startswith("layers/"))
+    if found != needed:
+        raise ModelFileError(f"{path} holds parameters {found} but {whose} {needed}")
+    for state in {key.rsplit("/", 1)[0] + "/" for key in keys if key.startswith("optimizer/")}:
+        missing = sorted(k for k in shapes if k.startswith(state) and k not in keys)
+        if missing:
+            raise ModelFileError(f"{path}: incomplete optimizer state, without {missing}")
+
+
+def _checked(arrays: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+    for key, value in arrays.items():
+        if not np.isfinite(value).all():
+            raise ModelFileError(f"{path}: {key} holds NaN or infinite values")
+        if key.endswith("/cache") and (value < 0).any():  # sums of squares: sqrt would be NaN
+            raise ModelFileError(f"{path}: {key} holds negative values")
+    return arrays
+
+
+def _assign(slots: dict, arrays: dict[str, np.ndarray], backend: Backend) -> None:
+    """Move every parameter, then set them all (all or nothing)."""
+    moved = {key: backend.asarray(arrays[key]) for key in slots}
+    for key, (layer, name) in slots.items():
         setattr(layer, name, moved[key])
 
 
 def load_parameters(model: Model, path: str | os.PathLike) -> None:
-    _, arrays = _read(path, "parameters")
-    _assign(model, arrays, os.fspath(path))
+    path = os.fspath(path)
+    slots = _slots(model)
+    wanted = {key: tuple(getattr(layer, name).shape) for key, (layer, name) in slots.items()}
+    with _npz.Reader(path) as file:
+        kind = file.header.get("kind")
+        if kind == "model":  # a whole model holds parameters too; its own header says which
+            shapes = _saved(file.header, path).shapes
+            _require(file.keys, shapes, path, "its header describes")
+            saved = {k: v for k, v in shapes.items() if k.startswith("layers/")}
+            if saved != wanted:
+                raise ModelFileError(f"{path} holds parameters {saved} but the model has {wanted}")
+        elif kind == "parameters":
+            shapes = wanted
+            _require(file.keys, shapes, path, "the model has")
+        else:
+            raise ModelFileError(f"{path} holds {kind!r}, neither a model nor parameters")
+        arrays = _checked(file.read(shapes), path)
+    _assign(slots, arrays, model.backend)
 
 
 def load_model(path: str | os.PathLike, backend: str | Backend | None = None) -> Model:
     from .model import Model
 
     path = os.fspath(path)
-    header, arrays = _read(path, "model")
-    dtype = header.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ModelFileError(f"{path}: unsupported dtype {dtype!r} in the header")
-    target = get_backend(backend, dtype)
+    with _npz.Reader(path) as file:
+        if file.header.get("kind") != "model":
+            raise ModelFileError(
+                f"{path} holds {file.header.get('kind')!r}, not a whole model; "
+                "load it into a built model with model.load_parameters(path)"
+            )
+        saved = _saved(file.header, path)
+        _require(file.keys, saved.shapes, path, "its header describes")
+        arrays = _checked(file.read(saved.shapes), path)
+    target = get_backend(backend, saved.dtype)
     try:
         with random.kept_state():
-            built = []
-            for described in header["layers"]:
-                cls, config = _build(described, _LAYERS, "layer", path)
-                if cls is layers.Dense:
-                    config["backend"] = target
-                built.append(cls(**config))
-            model = Model(built)
-            loss = _build(header.get("loss"), _LOSSES, "loss", path)
-            accuracy = _build(header.get("accuracy"), _ACCURACIES, "accuracy", path)
-            opt = _build(header.get("optimizer"), _OPTIMIZERS, "optimizer", path)
-            model.set(
-                loss=loss and loss[0](**loss[1]),
-                accuracy=accuracy and accuracy[0](**accuracy[1]),
-                optimizer=opt and opt[0](**opt[1]),
-            )
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
+            model = Model([_layer(cls, config, target) for cls, config in saved.layers])
+        model.set(loss=saved.loss, accuracy=saved.accuracy, optimizer=saved.optimizer)
+        model.finalize()  # layer sizes that do not chain fail here, not at first use
+    except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: {exc}") from exc
-    _assign(model, {k: v for k, v in arrays.items() if k.startswith("layers/")}, path)
-    if model.optimizer is not None:
-        _restore_optimizer(model, header["optimizer"], arrays, target, path)
+    _assign(_slots(model), arrays, target)
+    if saved.optimizer is not None:
+        _restore_state(model, arrays, target)
     return model
 
 
-def _restore_optimizer(model: Model, described: dict, arrays: dict, target: Backend, path: str):
+def _layer(cls: type, config: dict, target: Backend) -> layers.Layer:
+    return cls(**config, backend=target) if cls is layers.Dense else cls(**config)
+
+
+def _restore_state(model: Model, arrays: dict[str, np.ndarray], target: Backend) -> None:
+    """The optimizer's state, from arrays whose names, shapes and completeness are checked."""
     opt = model.optimizer
-    try:
-        opt.iterations = int(described["iterations"])
-        opt.current_learning_rate = float(described["current_learning_rate"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: malformed optimizer step count: {exc}") from exc
-    state_type = opt.State
-    states: dict = {}
+    fields: dict[tuple[int, str], dict[str, Any]] = {}
     for key, value in arrays.items():
-        if not key.startswith("optimizer/"):
-            continue
-        try:
+        if key.startswith("optimizer/"):
             _, i, name, field = key.split("/")
-            layer = model.layers[int(i)]
-            if name not in layer.param_names or state_type is None:
-                raise ValueError(key)
-            if field not in state_type._fields:
-                raise ValueError(field)
-            if value.shape != tuple(getattr(layer, name).shape):
-                raise ValueError(f"{key} has shape {value.shape}")
-        except (ValueError, IndexError) as exc:
-            raise ModelFileError(f"{path}: optimizer state {key!r} does not fit: {exc}") from exc
-        states.setdefault(layer, {}).setdefault(name, {})[field] = target.asarray(value)
-    for layer, by_name in states.items():
-        for name, fields in by_name.items():
-            if set(fields) != set(state_type._fields):
-                raise ModelFileError(f"{path}: incomplete optimizer state for {name}")
-            opt.state.setdefault(layer, {})[name] = state_type(**fields)
+            fields.setdefault((int(i), name), {})[field] = target.asarray(value)
+    for (i, name), state in fields.items():
+        opt.state.setdefault(model.layers[i], {})[name] = opt.State(**state)

@@ -1,6 +1,8 @@
 """The portnn command, through main([...]), on the selected backend and on small settings."""
 
+import errno
 import gzip
+import os
 import struct
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 import portnn as pn
+import portnn.cli
 from portnn.cli import main
 from portnn.datasets import FASHION_MNIST_CLASSES as CLASS_NAMES
 
@@ -238,6 +241,53 @@ def test_errors_are_one_line(capsys, tmp_path, case):
     assert err.startswith("portnn: error: ") and err.endswith("\n")
     assert err.count("\n") == 1, err
     assert expected in err
+
+
+def _refuse_writes_in(folder, monkeypatch):
+    """os.open refuses to create files in ``folder``, as a read-only folder does for a user who
+    is not root (tests may run as root, whom permissions do not stop)."""
+    real_open = os.open
+
+    def fake_open(file, flags, *args, **kwargs):
+        if os.path.dirname(os.fspath(file)) == str(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", file)
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    return folder / "m.npz"
+
+
+def _a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file")
+    return tmp_path / "notes.txt"
+
+
+# (the option, where it points, what the error says after "OPTION: cannot save to PATH: ")
+UNWRITABLE = {
+    "save to a folder": ("--save", lambda t, mp: t, "it is a folder"),
+    "save into a missing folder": ("--save", lambda t, mp: t / "no" / "m.npz", "does not exist"),
+    "save into a file": ("--save", lambda t, mp: _a_file(t) / "m.npz", "is a file, not a folder"),
+    "save into a read-only folder": ("--save", _refuse_writes_in, "Permission denied"),
+    "plot to a folder": ("--plot", lambda t, mp: t, "it is a folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNWRITABLE))
+def test_train_checks_its_outputs_before_loading_data(capsys, monkeypatch, tmp_path, case):
+    option, where, expected = UNWRITABLE[case]
+    loaded = []
+
+    def load_data(*args):
+        loaded.append(args)
+        raise RuntimeError("the data was loaded before the outputs were checked")
+
+    monkeypatch.setattr(portnn.cli, "_load_data", load_data)
+    path = where(tmp_path, monkeypatch)
+    code, out, err = run(capsys, "train spiral --epochs 1", option, path)
+    assert not loaded
+    assert code == 1 and out == ""
+    assert err.startswith(f"portnn: error: {option}: cannot save to {path}: ") and expected in err
+    assert err.count("\n") == 1 and ".portnn-" not in err
 
 
 def test_predict_rejects_a_file_that_is_not_an_image(capsys, tmp_path, fashion_dir):

@@ -3,10 +3,15 @@ truncated, foreign, too new or carrying pickled objects (which must never run)."
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import pickle
+import stat
+import time
+import tracemalloc
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -227,6 +232,97 @@ def test_a_failed_save_leaves_the_old_file_and_no_temporary_file(
     reloaded.load_parameters(path)  # the old file is still whole
 
 
+@pytest.fixture
+def umask():
+    """Set the process umask for one test (it is process-wide), then restore it."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002], ids=oct)
+def test_a_new_file_gets_the_mode_open_would_give_it(backend, tmp_path, umask, mask):
+    umask(mask)
+    model = pn.Model([pn.Dense(2, 3)])
+    model.save(tmp_path / "model.npz")
+    model.save_parameters(tmp_path / "params.npz")
+    (tmp_path / "plain").write_bytes(b"")
+    assert _mode(tmp_path / "plain") == 0o666 & ~mask
+    assert _mode(tmp_path / "model.npz") == _mode(tmp_path / "params.npz") == 0o666 & ~mask
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o755], ids=oct)
+def test_saving_over_a_file_keeps_its_mode(backend, tmp_path, umask, mode):
+    umask(0o077)  # would give a new file 0o600
+    path = tmp_path / "model.npz"
+    path.write_bytes(b"an older file")
+    os.chmod(path, mode)
+    pn.Model([pn.Dense(2, 3)]).save(path)
+    assert _mode(path) == mode
+    pn.Model.load(path)
+
+
+def _refusing_writes_in(folder, monkeypatch):
+    """os.open refuses to create files in ``folder``, as a read-only folder would for a user
+    who is not root (tests may run as root, whom permissions do not stop)."""
+    real_open = os.open
+
+    def fake_open(file, flags, *args, **kwargs):
+        if os.path.dirname(os.fspath(file)) == str(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", file)
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+
+
+def _folder(t):
+    (t / "folder").mkdir()
+    return t / "folder"
+
+
+def _file_as_folder(t):
+    (t / "notes.txt").write_text("a file")
+    return t / "notes.txt" / "model.npz"
+
+
+def _read_only_folder(t, monkeypatch):
+    _refusing_writes_in(_folder(t), monkeypatch)
+    return t / "folder" / "model.npz"
+
+
+# (where to save, the error, what its message says besides the path)
+SAVE_ERRORS = {
+    "a folder": (lambda t, mp: _folder(t), IsADirectoryError, "it is a folder"),
+    "a missing folder": (
+        lambda t, mp: t / "missing" / "model.npz",
+        FileNotFoundError,
+        "does not exist; create it first",
+    ),
+    "a file as the folder": (lambda t, mp: _file_as_folder(t), NotADirectoryError, "is a file"),
+    "a read-only folder": (_read_only_folder, PermissionError, "Permission denied"),
+}
+
+
+@pytest.mark.parametrize("method", ["save", "save_parameters"])
+@pytest.mark.parametrize("case", list(SAVE_ERRORS))
+def test_a_failed_save_names_the_path_asked_for(backend, tmp_path, monkeypatch, case, method):
+    make, error, words = SAVE_ERRORS[case]
+    path = make(tmp_path, monkeypatch)
+    with pytest.raises(error) as caught:
+        getattr(pn.Model([pn.Dense(2, 3)]), method)(path)
+    message = str(caught.value)
+    assert f"cannot save to {path}: " in message and words in message
+    assert ".portnn-" not in message and ".tmp" not in message
+    monkeypatch.undo()
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".portnn-")]
+
+
 def test_saving_over_a_file_replaces_it(backend, tmp_path):
     path = tmp_path / "model.npz"
     model = trained(epochs=1)
@@ -282,6 +378,54 @@ def _set(path, value):
         target[last] = value
 
     return edit
+
+
+def _put(key, value):
+    """An edit that stores ``value`` (a function of the arrays) as the array ``key``."""
+    return lambda header, arrays: arrays.update({key: value(arrays)})
+
+
+def _like(key, dtype, fill=1):
+    """The array ``key`` of the good file, as ``dtype`` and filled with ``fill``."""
+    return lambda arrays: np.full(arrays[key].shape, fill, dtype=dtype)
+
+
+def _with_nonfinite(key, value):
+    def make(arrays):
+        array = arrays[key].copy()
+        array.flat[1] = value
+        return array
+
+    return make
+
+
+def _no_layers(header, arrays):
+    header["layers"] = []
+    arrays.clear()
+
+
+def _unchained(header, arrays):
+    """Layer 3 (a Dense(16, 3)) rebuilt as a Dense(8, 3), its arrays and state to match."""
+    header["layers"][3]["config"]["n_inputs"] = 8
+    for key in [k for k in arrays if k.startswith(("layers/3/weights", "optimizer/3/weights"))]:
+        arrays[key] = np.ones((8, 3), np.float32)
+
+
+def _compressed(good: bytes) -> bytes:
+    with np.load(io.BytesIO(good)) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _twice(good: bytes) -> bytes:
+    """The good file with its first parameter stored again under the same name."""
+    buffer = io.BytesIO(good)
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "a") as z:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate: the point here
+        z.writestr("layers/0/weights.npy", _npy(np.zeros((2, 16), np.float32)))
+    return buffer.getvalue()
 
 
 # (how to make the bad file from a good one's bytes, what the message says, which loaders)
@@ -391,6 +535,143 @@ BAD_FILES = {
         "optimizer state",
         MODEL,
     ),
+    # Arrays must be real float16/32/64 and finite, state included (issue 10).
+    "integer optimizer state": (
+        lambda good: _rewritten(
+            good, _put("optimizer/0/weights/cache", _like("optimizer/0/weights/cache", np.int64))
+        ),
+        r"optimizer state optimizer/0/weights/cache .* dtype int64; it needs",
+        BOTH,
+    ),
+    "complex optimizer state": (
+        lambda good: _rewritten(
+            good, _put("optimizer/3/biases/momentum", _like("layers/3/biases", np.complex64))
+        ),
+        "dtype complex64; it needs",
+        BOTH,
+    ),
+    "string optimizer state": (
+        lambda good: _rewritten(
+            good, _put("optimizer/0/weights/cache", _like("layers/0/weights", "<U3", "abc"))
+        ),
+        "dtype <U3; it needs",
+        BOTH,
+    ),
+    "float128 parameters": (
+        lambda good: _rewritten(
+            good, _put("layers/0/weights", _like("layers/0/weights", np.longdouble))
+        ),
+        r"dtype float\d+; it needs .*a real float dtype \(float16, float32, float64\)",
+        BOTH,
+    ),
+    "float128 optimizer state": (
+        lambda good: _rewritten(
+            good, _put("optimizer/3/weights/cache", _like("layers/3/weights", np.longdouble))
+        ),
+        "it needs",
+        BOTH,
+    ),
+    "a NaN parameter": (
+        lambda good: _rewritten(
+            good, _put("layers/3/weights", _with_nonfinite("layers/3/weights", np.nan))
+        ),
+        "layers/3/weights holds NaN or infinite values",
+        BOTH,
+    ),
+    "infinite optimizer state": (
+        lambda good: _rewritten(
+            good,
+            _put("optimizer/0/biases/momentum", _with_nonfinite("layers/0/biases", -np.inf)),
+        ),
+        "optimizer/0/biases/momentum holds NaN or infinite values",
+        BOTH,
+    ),
+    "a negative squared-gradient cache": (
+        lambda good: _rewritten(
+            good, _put("optimizer/0/weights/cache", _like("layers/0/weights", np.float32, -1))
+        ),
+        "optimizer/0/weights/cache holds negative values",
+        BOTH,
+    ),
+    # Only the arrays the header describes, under their one spelling (issue 10).
+    "a negative layer index": (
+        lambda good: _rewritten(
+            good, _put("optimizer/-2/weights/cache", lambda a: a["optimizer/3/weights/cache"])
+        ),
+        r"holds arrays its header does not describe: \['optimizer/-2/weights/cache'\]",
+        BOTH,
+    ),
+    "a layer index with a leading zero": (
+        lambda good: _rewritten(
+            good, _put("optimizer/03/weights/cache", lambda a: a["optimizer/3/weights/cache"])
+        ),
+        r"does not describe: \['optimizer/03/weights/cache'\]",
+        BOTH,
+    ),
+    "an array of no layer": (
+        lambda good: _rewritten(good, _put("evil", lambda a: np.ones(3))),
+        r"does not describe: \['evil'\]",
+        BOTH,
+    ),
+    "a member stored twice": (_twice, "holds a member twice", BOTH),
+    "compressed arrays": (_compressed, "are compressed; portnn files hold arrays uncompr", BOTH),
+    # The header's values are checked before anything is built (issue 10).
+    "negative iterations": (
+        lambda good: _rewritten(good, _set(["optimizer", "iterations"], -5)),
+        "iterations must be a non-negative integer, got -5",
+        BOTH,
+    ),
+    "boolean iterations": (
+        lambda good: _rewritten(good, _set(["optimizer", "iterations"], True)),
+        "iterations must be a non-negative integer, got True",
+        BOTH,
+    ),
+    "fractional iterations": (
+        lambda good: _rewritten(good, _set(["optimizer", "iterations"], 2.5)),
+        "iterations must be a non-negative integer",
+        BOTH,
+    ),
+    "a NaN learning rate": (
+        lambda good: _rewritten(good, _set(["optimizer", "current_learning_rate"], float("nan"))),
+        "current_learning_rate must be a finite positive number, got nan",
+        BOTH,
+    ),
+    "an infinite learning rate": (
+        lambda good: _rewritten(good, _set(["optimizer", "current_learning_rate"], float("inf"))),
+        "current_learning_rate must be a finite positive number",
+        BOTH,
+    ),
+    "a zero learning rate": (
+        lambda good: _rewritten(good, _set(["optimizer", "current_learning_rate"], 0.0)),
+        "current_learning_rate must be a finite positive number",
+        BOTH,
+    ),
+    "a learning rate in a string": (
+        lambda good: _rewritten(good, _set(["optimizer", "current_learning_rate"], "0.02")),
+        "current_learning_rate must be a finite positive number, got '0.02'",
+        BOTH,
+    ),
+    "a layer config that is not a dict": (
+        lambda good: _rewritten(good, _set(["layers", 1, "config"], [])),
+        "the layer ReLU has no config dict",
+        BOTH,
+    ),
+    "a loss config that is not a dict": (
+        lambda good: _rewritten(good, _set(["loss", "config"], [])),
+        "the loss CategoricalCrossentropy has no config dict",
+        BOTH,
+    ),
+    "no layers": (lambda good: _rewritten(good, _no_layers), "no layers", BOTH),
+    "layer sizes that do not chain": (
+        lambda good: _rewritten(good, _unchained),
+        "cannot be rebuilt: layer sizes do not chain",
+        MODEL,
+    ),
+    "a header nested too deeply": (
+        lambda good: _npz({HEADER: np.frombuffer(b"[" * 100_000, dtype=np.uint8)}),
+        "corrupt portnn header",
+        BOTH,
+    ),
 }
 
 
@@ -418,6 +699,132 @@ def test_a_bad_file_raises_model_file_error_and_changes_nothing(backend, tmp_pat
 def test_a_missing_file_raises_file_not_found(backend, tmp_path):
     with pytest.raises(FileNotFoundError):
         pn.Model.load(tmp_path / "nothing.npz")
+
+
+# --- hostile files: refused before anything large is read or built ---------------------------
+
+
+def _dense_header(*sizes) -> dict:
+    """A model header for Dense layers of these ``(n_inputs, n_neurons)``."""
+    dense = [{"class": "Dense", "config": {"n_inputs": i, "n_neurons": o}} for i, o in sizes]
+    return {"format": "portnn", "version": VERSION, "kind": "model", "dtype": "float32",
+            "layers": dense, "loss": None, "accuracy": None, "optimizer": None}  # fmt: skip
+
+
+def _npy_header(shape, dtype="<f4") -> bytes:
+    """Only the .npy header of an array: what a member declares, without the data."""
+    buffer = io.BytesIO()
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def _archive(header, members, compress=zipfile.ZIP_STORED) -> bytes:
+    """A portnn-like archive built by hand: ``members`` maps array names to .npy bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr(HEADER + ".npy", _npy(_header_array(header)))
+        for name, data in members.items():
+            z.writestr(name + ".npy", data, compress_type=compress)
+    return buffer.getvalue()
+
+
+def _small(shape):
+    return _npy(np.ones(shape, np.float32))
+
+
+def _zeros_deflated(header, shapes) -> bytes:
+    """A zip bomb in miniature: megabytes of zeros, deflated to a few kilobytes."""
+    members = {name: _npy(np.zeros(shape, np.float32)) for name, shape in shapes.items()}
+    return _archive(header, members, compress=zipfile.ZIP_DEFLATED)
+
+
+# Each file is a few kilobytes on disk; the message is what loading it says.
+HOSTILE_FILES = {
+    "a 20000x20000 Dense with small arrays": (
+        lambda: _archive(
+            _dense_header((20_000, 20_000)),
+            {"layers/0/weights": _small((2, 3)), "layers/0/biases": _small((1, 3))},
+        ),
+        r"layers/0/weights has shape \(2, 3\).*needs shape \(20000, 20000\)",
+    ),
+    "a 100000x100000 Dense without arrays": (
+        lambda: _archive(_dense_header((100_000, 100_000)), {}),
+        r"holds parameters \[\] but its header describes",
+    ),
+    ".npy headers declaring the huge arrays, without their data": (
+        lambda: _archive(
+            _dense_header((20_000, 20_000)),
+            {
+                "layers/0/weights": _npy_header((20_000, 20_000)),
+                "layers/0/biases": _npy_header((1, 20_000)),
+            },
+        ),
+        r"is corrupt: layers/0/\w+ declares \d+ bytes, the zip \d+",
+    ),
+    "a tiny member declaring shape (1e12,)": (
+        lambda: _archive(
+            _dense_header((2, 3)),
+            {"layers/0/weights": _npy_header((10**12,)), "layers/0/biases": _small((1, 3))},
+        ),
+        r"layers/0/weights has shape \(1000000000000,\)",
+    ),
+    "a zip bomb of the arrays the header describes": (
+        lambda: _zeros_deflated(
+            _dense_header((1000, 2000)),
+            {"layers/0/weights": (1000, 2000), "layers/0/biases": (1, 2000)},
+        ),
+        "are compressed",
+    ),
+    "a zip bomb beside no layers": (
+        lambda: _zeros_deflated(_dense_header(), {"junk": (2000, 1000)}),
+        "are compressed",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_FILES))
+def test_a_hostile_file_is_refused_quickly_in_little_memory(backend, tmp_path, case):
+    make, match = HOSTILE_FILES[case]
+    path = tmp_path / "hostile.npz"
+    path.write_bytes(make())
+    assert path.stat().st_size < 50_000
+
+    model = pn.Model([pn.Dense(2, 3)])
+    for load, message in ((pn.Model.load, match), (model.load_parameters, None)):
+        tracemalloc.start()
+        start = time.perf_counter()
+        try:
+            with pytest.raises(ModelFileError, match=message):
+                load(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        # The bug took 20 s and gigabytes; a refusal takes milliseconds and kilobytes.
+        assert time.perf_counter() - start < 5
+        assert peak < 2 * 2**20, f"loading peaked at {peak / 2**20:.1f} MiB"
+
+
+def test_the_header_is_read_only_up_to_a_cap(backend, tmp_path, monkeypatch):
+    """A header over the cap is refused from the zip's directory, before it is read (the cap
+    is lowered here so that the file stays small)."""
+    from portnn import _npz
+
+    assert 2**20 <= _npz.MAX_HEADER_BYTES <= 16 * 2**20  # far above any real header
+    monkeypatch.setattr(_npz, "MAX_HEADER_BYTES", 10_000)
+    header = {**_dense_header((2, 3)), "padding": " " * 20_000}
+    path = tmp_path / "big-header.npz"
+    path.write_bytes(
+        _archive(header, {"layers/0/weights": _small((2, 3)), "layers/0/biases": _small((1, 3))})
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match=r"header is \d+ bytes, more than .* \(10000\)"):
+            pn.Model.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000
 
 
 # --- pickles never run ------------------------------------------------------------------------

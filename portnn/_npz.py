@@ -1,0 +1,264 @@
+"""The portnn file on disk: a NumPy ``.npz`` archive written atomically and read without
+trusting a byte of it (``io.py`` documents the layout and builds models from it).
+
+Reading is bounded by the file's size: members must be stored uncompressed, as ``np.savez``
+writes them, so a small file cannot declare or decompress to gigabytes; the header is read
+only up to ``MAX_HEADER_BYTES``; and each array's ``.npy`` header is checked against the
+shape the portnn header implies before any array's data is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import secrets
+import stat
+import zipfile
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+FORMAT = "portnn"
+VERSION = 1
+HEADER = "__portnn__"
+MAX_HEADER_BYTES = 4 * 2**20  # a real header is a few KB; this only bounds a hostile one
+FLOATS = ("float16", "float32", "float64")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+class ModelFileError(ValueError):
+    """A file that is not a readable portnn file: corrupt, truncated, foreign or too new."""
+
+
+# --- writing --------------------------------------------------------------------------------
+def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Write atomically: a temporary file beside ``path``, then one rename, so a failed save
+    leaves any old file whole. A new file gets the mode ``open`` would give it; a file saved
+    over keeps its mode. Errors name ``path``, never the temporary file."""
+    path = os.fspath(path)
+    payload = {HEADER: np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays}
+    old_mode = _mode_of(path)
+    # 0o666 is what open() asks for, so the umask applies as usual. Over an old file, write
+    # privately and set its mode at the end: the umask may clear bits it had.
+    fd, tmp = _temporary(path, 0o666 if old_mode is None else 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        if old_mode is not None:
+            os.chmod(tmp, old_mode)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise _save_error(type(exc), exc.errno, path, exc.strerror or str(exc)) from exc
+        raise
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise an ``OSError`` naming ``path`` if a file cannot be saved there, for callers that
+    must know before a long run rather than after it."""
+    fd, tmp = _temporary(os.fspath(path), 0o600)
+    os.close(fd)
+    os.remove(tmp)
+
+
+def _mode_of(path: str) -> int | None:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:  # no file there yet (if none can be, _temporary says why)
+        return None
+
+
+def _temporary(path: str, mode: int) -> tuple[int, str]:
+    """A new hidden file in ``path``'s folder, opened for writing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        reason = "it is a folder; give the path of a file in it"
+        raise _save_error(IsADirectoryError, errno.EISDIR, path, reason)
+    if not os.path.isdir(folder):
+        if os.path.exists(folder):
+            reason = f"{folder} is a file, not a folder"
+            raise _save_error(NotADirectoryError, errno.ENOTDIR, path, reason)
+        reason = f"the folder {folder} does not exist; create it first"
+        raise _save_error(FileNotFoundError, errno.ENOENT, path, reason)
+    tmp = os.path.join(folder, f".portnn-{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        return os.open(tmp, flags, mode), tmp
+    except OSError as exc:
+        reason = f"cannot write in the folder {folder}: {exc.strerror or exc}"
+        raise _save_error(type(exc), exc.errno, path, reason) from exc
+
+
+def _save_error(cls: type[OSError], code: int | None, path: str, reason: str) -> OSError:
+    error = cls(f"cannot save to {path}: {reason}")
+    error.errno = code
+    return error
+
+
+# --- reading --------------------------------------------------------------------------------
+class Reader:
+    """An open portnn file. On entry the archive's layout and the JSON ``header`` are checked;
+    ``keys`` are its arrays' names, and ``read(shapes)`` returns them once every one has been
+    checked against ``shapes``. Errors are ``ModelFileError``s naming the file."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+
+    def __enter__(self) -> Reader:
+        with contextlib.ExitStack() as stack:
+            file = stack.enter_context(open(self.path, "rb"))  # FileNotFoundError as itself
+            with _translated(self.path):
+                if file.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+                    raise ModelFileError(f"{self.path} is a single NumPy array, not a portnn file")
+                file.seek(0)
+                self._zip = stack.enter_context(zipfile.ZipFile(file))
+                self._members = self._index(os.fstat(file.fileno()).st_size)
+                self.header = self._header()
+            self._close = stack.pop_all().close
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close()
+
+    @property
+    def keys(self) -> set[str]:
+        return set(self._members)
+
+    def read(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """Every array, in native byte order; each must be named in ``shapes``, have that shape
+        and a real float dtype. All are checked before any is read."""
+        unknown = sorted(self.keys - set(shapes))
+        if unknown:
+            raise ModelFileError(
+                f"{self.path} holds arrays its header does not describe: {short(unknown)}"
+            )
+
+        def check(key: str, shape: tuple, dtype: np.dtype) -> None:
+            if shape != shapes[key] or dtype.name not in FLOATS:
+                what = "optimizer state" if key.startswith("optimizer/") else "parameter"
+                raise ModelFileError(
+                    f"{self.path}: {what} {key} has shape {shape} and dtype {dtype}; it needs "
+                    f"shape {shapes[key]} and a real float dtype ({', '.join(FLOATS)})"
+                )
+
+        with _translated(self.path):
+            for key in self._members:
+                self._inspect(key, check)
+            return {key: self._array(key) for key in self._members}
+
+    def _index(self, size: int) -> dict[str, zipfile.ZipInfo]:
+        """The members by array name, once the zip directory is known to be ours and to
+        declare no more data than the file holds."""
+        infos = self._zip.infolist()
+        names = [info.filename for info in infos]
+        odd = sorted(name for name in names if not name.endswith(".npy"))
+        if odd:
+            raise ModelFileError(
+                f"{self.path} is a zip archive but not a portnn file: {short(odd)} are not arrays"
+            )
+        if len(set(names)) < len(names):
+            raise ModelFileError(f"{self.path} is corrupt: it holds a member twice")
+        packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise ModelFileError(
+                f"{self.path}: {short(packed)} are compressed; portnn files hold arrays "
+                "uncompressed (np.savez, not np.savez_compressed), so that what a file "
+                "declares is what it holds"
+            )
+        declared = sum(info.file_size for info in infos)
+        if declared > size or any(i.file_size != i.compress_size for i in infos):
+            raise ModelFileError(
+                f"{self.path} is truncated or corrupt: its zip directory declares {declared} "
+                f"bytes of arrays in a file of {size} bytes"
+            )
+        return {name[: -len(".npy")]: info for name, info in zip(names, infos, strict=True)}
+
+    def _header(self) -> dict:
+        if HEADER not in self._members:
+            raise ModelFileError(f"{self.path} is a NumPy archive without a portnn header")
+        if self._members[HEADER].file_size > MAX_HEADER_BYTES:
+            raise ModelFileError(
+                f"{self.path}: its portnn header is {self._members[HEADER].file_size} bytes, "
+                f"more than a portnn header can be ({MAX_HEADER_BYTES})"
+            )
+
+        def check(key: str, shape: tuple, dtype: np.dtype) -> None:
+            if dtype != np.uint8 or len(shape) != 1:
+                raise ModelFileError(f"{self.path} is a NumPy archive without a portnn header")
+
+        self._inspect(HEADER, check)
+        raw = self._array(HEADER)
+        del self._members[HEADER]
+        try:
+            header = json.loads(raw.tobytes().decode())
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5000-digit int
+            raise ModelFileError(f"{self.path} has a corrupt portnn header: {exc}") from exc
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ModelFileError(
+                f"{self.path} is not a portnn file (its header names no portnn format)"
+            )
+        version = header.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ModelFileError(f"{self.path} has an invalid format version {version!r}")
+        if version > VERSION:
+            raise ModelFileError(
+                f"{self.path} was written in portnn file format version {version}, newer than "
+                f"this portnn reads (up to {VERSION}); upgrade portnn to read it"
+            )
+        return header
+
+    def _inspect(self, key: str, check: Callable[[str, tuple, np.dtype], None]) -> None:
+        """Read only ``key``'s .npy header: ``check`` its shape and dtype, then make sure the
+        data it implies is exactly what the zip declares, before anything is allocated."""
+        info = self._members[key]
+        with self._zip.open(info) as stream:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                raise ModelFileError(f"{self.path}: {key} is in .npy format {version}, not 1 or 2")
+            if dtype.hasobject:
+                raise ModelFileError(
+                    f"{self.path}: {key} holds Python objects, which portnn never unpickles"
+                )
+            check(key, shape, dtype)
+            implied = stream.tell() + math.prod(shape) * dtype.itemsize
+        if implied != info.file_size:
+            raise ModelFileError(
+                f"{self.path} is corrupt: {key} declares {implied} bytes, the zip {info.file_size}"
+            )
+
+    def _array(self, key: str) -> np.ndarray:
+        with self._zip.open(self._members[key]) as stream:
+            array = np.lib.format.read_array(stream, allow_pickle=False)
+        return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+@contextlib.contextmanager
+def _translated(path: str) -> Iterator[None]:
+    """The many ways a damaged archive fails, as one ``ModelFileError`` naming the file."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as exc:
+        # RuntimeError covers an encrypted member and NotImplementedError (unknown zip features).
+        raise ModelFileError(
+            f"{path} is not a readable portnn file (truncated, corrupt, or another format; "
+            f"portnn never unpickles): {exc}"
+        ) from exc
+
+
+def short(value: object, limit: int = 200) -> str:
+    """``repr(value)`` cut to fit one line of an error message, however long a file made it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
