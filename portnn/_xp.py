@@ -1,17 +1,15 @@
-"""The few operations the Array API standard lacks, written once for every backend, and
-the fast paths one library has for a hot operation. Each fast path sits beside its portable
-version, which stays the reference (tests compare the two)."""
+"""The few operations the Array API standard lacks, written once for every backend, and the
+doors to what a library's Backend class does its own way (fused kernels, float errors)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import array_api_compat
 from array_api_compat import device
 
-from .backend import library_of
+from .backend import backend_class
 
 __all__ = [
     "adam_update",
@@ -77,53 +75,15 @@ def sign_nonneg(x: Any) -> Any:
     return xp.where(x >= 0, xp.ones_like(x), -xp.ones_like(x))
 
 
-@contextlib.contextmanager
-def quiet_float_errors(x: Any) -> Iterator[None]:
-    """Silence NumPy's overflow/invalid warnings while training: divergence is detected from
-    the loss and reported as one clear error instead."""
-    if library_of(x) in ("numpy", "array_api_strict"):
-        import numpy as np
-
-        with np.errstate(all="ignore"):
-            yield
-    else:
-        yield
+def quiet_float_errors(x: Any) -> contextlib.AbstractContextManager:
+    """Silence the float warnings of ``x``'s library while training: divergence is detected
+    from the loss and reported as one clear error instead."""
+    return backend_class(x).quiet_float_errors()
 
 
 def adam_update(
     param: Any, grad: Any, m: Any, v: Any, beta_1: float, beta_2: float, scale: float, eps: float
 ) -> tuple[Any, Any, Any]:
-    """One Adam step with the bias corrections folded into ``scale`` and ``eps``:
-    ``m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g**2; param - scale * m / (sqrt(v) + eps)``.
-    Returns new (param, m, v); the arguments are never written to."""
-    if library_of(param) == "numpy":
-        return _adam_numpy(param, grad, m, v, beta_1, beta_2, scale, eps)
-    return _adam_portable(param, grad, m, v, beta_1, beta_2, scale, eps)
-
-
-def _adam_portable(param, grad, m, v, beta_1, beta_2, scale, eps):
-    xp = array_namespace(param)
-    m = beta_1 * m + (1 - beta_1) * grad
-    v = beta_2 * v + (1 - beta_2) * (grad * grad)
-    return param - scale * m / (xp.sqrt(v) + eps), m, v
-
-
-def _adam_numpy(param, grad, m, v, beta_1, beta_2, scale, eps):
-    # The portable arithmetic in the same order (so the same bits), in four new arrays
-    # instead of nine temporaries. New arrays, not reused ones: a shared pool of buffers was
-    # not thread-safe, and anyone may hold the old parameters (a snapshot, a checkpoint).
-    import numpy as np
-
-    new_m = np.multiply(m, beta_1)
-    tmp = np.multiply(grad, 1 - beta_1)
-    new_m += tmp
-    new_v = np.multiply(v, beta_2)
-    np.multiply(grad, grad, out=tmp)
-    tmp *= 1 - beta_2
-    new_v += tmp
-    np.sqrt(new_v, out=tmp)
-    tmp += eps
-    step = np.multiply(new_m, scale)
-    step /= tmp
-    np.subtract(param, step, out=tmp)
-    return tmp, new_m, new_v
+    """One Adam step by the library's own kernel (``Backend.adam_update`` is the portable
+    reference, which a library's class may override with a fused one)."""
+    return backend_class(param).adam_update(param, grad, m, v, beta_1, beta_2, scale, eps)

@@ -259,24 +259,8 @@ def _library_version(module: str) -> str:
 
 
 def _devices(backend: Any) -> str:
-    """The device portnn computes on, then the library's other accelerators."""
-    devices = [_device_name(backend.device)]
-    if backend.name == "torch":
-        import torch
-
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            devices.append("mps")
-    elif backend.name == "cupy":
-        import cupy
-
-        devices = []
-        for i in range(cupy.cuda.runtime.getDeviceCount()):
-            props = cupy.cuda.runtime.getDeviceProperties(i)
-            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-            devices.append(f"cuda:{i} ({name})")
-    return ", ".join(dict.fromkeys(devices))
+    """The devices the backend's library can compute on here."""
+    return ", ".join(type(backend).devices())
 
 
 def _device_name(device: Any) -> str:

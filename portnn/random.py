@@ -50,51 +50,18 @@ def _device_seed() -> int | None:
 def _generator(backend: Backend) -> Any:
     key = (backend.name, str(backend.device))
     if key not in _device:
-        s = _device_seed()
-        if backend.name == "torch":
-            import torch
-
-            g = torch.Generator(device=backend.device)
-            if s is None:
-                g.seed()
-            else:
-                g.manual_seed(s)
-        elif backend.name == "cupy":
-            import cupy
-
-            with backend.device:
-                g = cupy.random.default_rng(s)
-        else:  # numpy, and array_api_strict (its arrays are made from host data)
-            g = np.random.default_rng(s)
-        _device[key] = g
+        _device[key] = backend.generator(_device_seed())
     return _device[key]
 
 
 def uniform(shape: tuple[int, ...], backend: Backend) -> Any:
     """Uniform numbers in [0, 1) of the backend's dtype, drawn on its device."""
-    g = _generator(backend)
-    if backend.name == "torch":
-        import torch
-
-        return torch.rand(shape, generator=g, device=backend.device, dtype=backend.dtype)
-    if backend.name == "cupy":
-        with backend.device:
-            return g.random(shape, dtype=backend.dtype_name)
-    data = g.random(shape, dtype=backend.dtype_name)
-    return data if backend.name == "numpy" else backend.asarray(data)
+    return backend.uniform(_generator(backend), shape)
 
 
 def permutation(n: int, backend: Backend) -> Any:
     """A random permutation of ``range(n)`` as an integer index array on the device."""
-    g = _generator(backend)
-    if backend.name == "torch":
-        import torch
-
-        return torch.randperm(n, generator=g, device=backend.device)
-    if backend.name == "cupy":
-        return backend.xp.argsort(uniform((n,), backend))
-    data = g.permutation(n)
-    return data if backend.name == "numpy" else backend.asarray(data)
+    return backend.permutation(_generator(backend), n)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 import importlib.util
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,67 @@ def test_long_double_is_taken_as_float64_data(backend):
     x = backend.asarray(np.array([1.5, 2.5], dtype=np.float128))
     assert x.dtype == backend.dtype
     np.testing.assert_array_equal(pn.to_numpy(x), [1.5, 2.5])
+
+
+# --- one class per library ----------------------------------------------------------------------
+
+
+def test_only_the_backend_classes_name_a_library():
+    # Per-library behaviour lives in portnn/backend/ (thinc's Ops pattern); elsewhere code reads
+    # the namespace from its arrays or asks the array's Backend class.
+    root = Path(pn.__file__).parent
+    pattern = re.compile(
+        r"""\.name\s*[!=]=\s*["'](numpy|cupy|torch|array_api_strict)["']"""
+        r"""|library_of\([^)]*\)\s*(==|in)|^\s*(import|from)\s+(torch|cupy|array_api_strict)\b""",
+        re.MULTILINE,
+    )
+    offenders = [
+        f"{path.relative_to(root)}: {match.group(0).strip()}"
+        for path in sorted(root.rglob("*.py"))
+        if "backend" not in path.relative_to(root).parts
+        for match in pattern.finditer(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_every_backend_class_names_its_library_and_extra():
+    for name in BACKENDS:
+        cls = backend_module._CLASSES[name]
+        assert cls.name == name
+        assert issubclass(cls, pn.Backend)
+        assert cls.extra == "numpy" or cls.extra.startswith("'portnn[")
+
+
+def test_the_default_device_is_the_same_backend_however_it_is_named(backend):
+    same = backend_module._make(backend.name, backend.dtype_name, backend.device)
+    assert same == backend
+    assert backend_module.backend_of(backend.asarray([1.0])) == backend
+
+
+def test_a_device_the_library_does_not_have_is_refused(backend_name):
+    with pytest.raises((ValueError, RuntimeError), match="device|GPU|CUDA"):
+        pn.set_backend(backend_name, device="cuda:7" if backend_name != "numpy" else "gpu")
+
+
+def test_torch_devices_are_real():
+    if "torch" not in pn.available_backends():
+        pytest.skip("torch is not installed")
+    import torch
+
+    with pn.use_backend("torch", device="cpu") as b:
+        assert b == pn.get_backend("torch")
+        assert pn.to_backend(np.ones(2), b).device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            pn.set_backend("torch", device="cuda")
+    else:  # pragma: no cover - on a GPU machine
+        with pn.use_backend("torch", device="cuda") as b:
+            x = pn.to_backend(np.ones(2), b)
+            assert x.device.type == "cuda"
+            assert backend_module.backend_of(x) == b
+
+
+def test_each_library_lists_its_devices(backend):
+    devices = type(backend).devices()
+    assert devices and all(isinstance(d, str) for d in devices)
+    backend.sync()  # returns once the device is idle; on a CPU at once
