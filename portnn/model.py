@@ -412,6 +412,11 @@ class Model:
         outputs = [self.forward(X[s, ...]) for s in self._batches(X.shape[0], batch_size)]
         return outputs[0] if len(outputs) == 1 else self.backend.xp.concat(outputs, axis=0)
 
+    def predict_classes(self, X: Any, *, batch_size: int | None = None) -> Any:
+        """The output layer's ``predictions`` of X: class indices for Softmax, 0/1 for
+        Sigmoid, the outputs themselves for regression; on the model's backend."""
+        return self._predictions(self.predict(X, batch_size=batch_size))
+
     # --- parameters and files ---------------------------------------------------------------
     def get_parameters(self) -> list[tuple[Any, Any]]:
         """A (weights, biases) pair per trainable layer, on the model's backend."""

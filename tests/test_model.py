@@ -917,3 +917,20 @@ def test_torch_inputs_that_require_grad_are_refused(backend):
     assert_parameters_equal(host_parameters(model), before)
     model.train(X.detach(), torch.tensor(y), epochs=2, print_every=None)
     assert not any(p.requires_grad for pair in model.get_parameters() for p in pair)
+
+
+@pytest.mark.parametrize(
+    ("output", "loss", "expected"),
+    [
+        (pn.Softmax, pn.CategoricalCrossentropy, lambda out: out.argmax(axis=1)),
+        (pn.Sigmoid, pn.BinaryCrossentropy, lambda out: (out > 0.5).astype(np.int64)),
+        (pn.Linear, pn.MeanSquaredError, lambda out: out),
+    ],
+)
+def test_predict_classes_is_the_output_layers_predictions(backend, output, loss, expected):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((7, 3)).astype(np.float32)
+    model = pn.Model([pn.Dense(3, 4, weight_scale=1.0), output()]).set(loss=loss())
+    outputs = host(model.predict(X, batch_size=3))
+    classes = host(model.predict_classes(X, batch_size=3))
+    np.testing.assert_array_equal(classes, expected(outputs))
