@@ -2,9 +2,9 @@
 
 The book's run: spiral_data(samples=100, classes=3); Dense(2, 64) - ReLU - Dense(64, 3) -
 softmax with categorical cross-entropy; Adam(learning_rate=0.05, decay=5e-7); 10,001
-full-batch epochs, each ending in the optimizer's three calls. The book's last line reads
-about ``epoch: 10000, acc: 0.97-0.98, loss: 0.074, lr: 0.04975126853296942``; portnn (float32,
-the book's own data and initial weights) gets ``acc: 0.973, loss: 0.065`` with that lr.
+full-batch epochs, each ending in the optimizer's three calls. The book printed
+``epoch: 10000, acc: 0.967, loss: 0.074, lr: 0.04975126853296942``; portnn (float32, the book's
+data and initial weights to float32 rounding) gets ``acc: 0.973, loss: 0.065`` with that lr.
 
     python examples/ch10_spiral_adam.py [--backend torch] [--epochs 10001] [--plot regions.png]
 """
@@ -32,7 +32,7 @@ if args.backend:
     pn.set_backend(args.backend)
 xp = pn.get_backend().xp
 
-init()  # seed 0: the book's data and initial weights
+init()  # seed 0: the book's data and initial weights (to float32 rounding)
 X, y = spiral_data(samples=100, classes=3)
 dense1 = Layer_Dense(2, 64)
 activation1 = Activation_ReLU()

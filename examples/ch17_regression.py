@@ -1,11 +1,15 @@
 """Chapter 17: regression of a sine wave (a linear output and mean squared error).
 
 The book's run: sine_data() (1,000 points of sin(2 pi x) on [0, 1)); Dense(1, 64) - ReLU -
-Dense(64, 64) - ReLU - Dense(64, 1) - Linear, weights initialised at 0.1 * normal; mean squared
-error; Adam(learning_rate=0.005, decay=1e-3); 10,001 full-batch epochs. Accuracy counts the
-outputs within std(y) / 250 of the target; the book reaches about 0.98. Written with portnn's
-Model; portnn (float32) ends at ``acc: 0.979`` (``final, acc: 0.981``) with a mean squared
-error of about 1e-6.
+Dense(64, 64) - ReLU - Dense(64, 1) - Linear; mean squared error; Adam(learning_rate=0.005,
+decay=1e-3); 10,001 full-batch epochs. Accuracy counts the outputs within std(y) / 250 of the
+target; the book reaches 0.981. Written with portnn's Model; portnn (float32) ends at
+``acc: 0.979`` (``final, acc: 0.981``) with a mean squared error of about 1e-6.
+
+This chapter alone starts its weights at 0.1 * normal (its Layer_Dense draws
+``0.1 * np.random.randn``); every other chapter, and portnn's Dense by default, at 0.01. So each
+Dense here says ``weight_scale=0.1``, as the book's own code must with portnn.nnfs:
+``Layer_Dense(1, 64, weight_scale=0.1)``. At 0.01 the fit climbs far more slowly.
 
     python examples/ch17_regression.py [--backend torch] [--epochs 10001] [--plot history.png]
 """

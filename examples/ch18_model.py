@@ -3,11 +3,13 @@
 The book's closing chapter 18 run: the chapter 15 network (Dense(2, 512) with L2 5e-4 on
 weights and biases - ReLU - Dropout(0.1) - Dense(512, 3) - Softmax) trained by a Model with
 categorical cross-entropy, Adam(learning_rate=0.05, decay=5e-5) and categorical accuracy on
-spiral_data(1000, 3) for 10,000 full-batch epochs, validated every epoch on
-spiral_data(100, 3). The Model fuses softmax and cross-entropy for the fast backward pass and
-turns dropout off when validating. portnn (float32) ends at ``epoch: 10000, acc: 0.875,
-loss: 0.428 (data_loss: 0.377, reg_loss: 0.051), lr: 0.0333...`` and ``validation, acc: 0.857,
-loss: 0.388``; 10,000 epochs of 3,000 samples through 512 neurons take a few minutes on a CPU.
+spiral_data(1000, 3) for 10,000 full-batch epochs, then validated once on spiral_data(100, 3).
+The book's Model.train (portnn.nnfs.Model) prints ``epoch: N, ...`` every --print-every epochs
+and the validation line at the end. The Model fuses softmax and cross-entropy for the fast
+backward pass and turns dropout off when validating. portnn (float32) ends at ``epoch: 10000,
+acc: 0.875, loss: 0.428 (data_loss: 0.377, reg_loss: 0.051), lr: 0.0333...`` and
+``validation, acc: 0.857, loss: 0.388``; 10,000 epochs of 3,000 samples through 512 neurons
+take a few minutes on a CPU.
 
     python examples/ch18_model.py [--backend torch] [--epochs 10000] [--plot history.png]
 """
@@ -57,7 +59,6 @@ model.finalize()
 history = model.train(
     X, y, validation_data=(X_test, y_test), epochs=args.epochs, print_every=args.print_every
 )
-model.evaluate(X_test, y_test)  # the book's nnfs Model prints "validation, acc: ..., loss: ..."
 
 if args.plot:
     from portnn.plot import plot_history
