@@ -39,6 +39,7 @@ def real(
             and (v < high if high_open else v <= high)
         )
     if not ok:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        closing = ")" if high_open or math.isinf(high) else "]"
+        interval = f"{'(' if low_open or math.isinf(low) else '['}{low:g}, {high:g}{closing}"
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     return float(value)

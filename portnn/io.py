@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _npz, activations, layers, losses, metrics, optimizers, random
+from . import _npz, activations, layers, losses, metrics, optimizers, random, schedules
 from ._npz import FORMAT, VERSION, ModelFileError
 from ._npz import HEADER as HEADER
 from .backend import DTYPES, Backend, get_backend, to_numpy
@@ -76,38 +76,31 @@ def _described(obj: Any, registry: dict) -> dict | None:
     return {"class": cls.__name__, "config": obj.get_config()}
 
 
-def _parameters(model: Model) -> dict[str, np.ndarray]:
-    return {key: to_numpy(getattr(layer, name)) for key, (layer, name) in _slots(model).items()}
+def _arrays(state: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The arrays of a state dict, on the host (its numbers go in the header)."""
+    return {key: to_numpy(value) for key, value in state.items() if not _is_number(value)}
 
 
-def _slots(model: Model) -> dict[str, tuple[layers.Layer, str]]:
-    return {
-        f"layers/{i}/{name}": (layer, name)
-        for i, layer in enumerate(model.layers)
-        for name in layer.param_names
-    }
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float)
 
 
 def save_parameters(model: Model, path: str | os.PathLike) -> None:
     header = {"format": FORMAT, "version": VERSION, "kind": "parameters"}
     header["dtype"] = model.backend.dtype_name
-    _npz.write(path, header, _parameters(model))
+    parameters = {k: v for k, v in model.state_dict().items() if k.startswith("layers/")}
+    _npz.write(path, header, _arrays(parameters))
 
 
 def save_model(model: Model, path: str | os.PathLike) -> None:
-    arrays = _parameters(model)
-    opt = model.optimizer
-    optimizer = _described(opt, _OPTIMIZERS)
-    if opt is not None:
-        optimizer["iterations"] = opt.iterations
-        optimizer["current_learning_rate"] = opt.current_learning_rate
-        index = {id(layer): i for i, layer in enumerate(model.layers)}
-        for layer, states in opt.state.items():
-            if id(layer) not in index:
-                continue  # a layer the optimizer stepped that is not part of this model
-            for name, state in states.items():
-                for field, value in zip(getattr(state, "_fields", ()), state or (), strict=True):
-                    arrays[f"optimizer/{index[id(layer)]}/{name}/{field}"] = to_numpy(value)
+    state = model.state_dict()
+    optimizer = _described(model.optimizer, _OPTIMIZERS)
+    if optimizer is not None:
+        schedule = optimizer["config"].get("schedule")
+        if schedule is not None:
+            optimizer["config"]["schedule"] = _described(schedule, schedules.SCHEDULES)
+        optimizer["iterations"] = state["optimizer/iterations"]
+        optimizer["current_learning_rate"] = state["optimizer/current_learning_rate"]
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -118,7 +111,7 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
         "accuracy": _described(model.accuracy, _ACCURACIES),
         "optimizer": optimizer,
     }
-    _npz.write(path, header, arrays)
+    _npz.write(path, header, _arrays(state))
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -177,6 +170,8 @@ def _built(described: Any, registry: dict, what: str, path: str) -> Any:
     if described is None:
         return None
     cls, config = _spec(described, registry, what, path)
+    if registry is _OPTIMIZERS and config.get("schedule") is not None:
+        config["schedule"] = _built(config["schedule"], schedules.SCHEDULES, "schedule", path)
     return cls(**config)
 
 
@@ -237,17 +232,13 @@ def _checked(arrays: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _assign(slots: dict, arrays: dict[str, np.ndarray], backend: Backend) -> None:
-    """Move every parameter, then set them all (all or nothing)."""
-    moved = {key: backend.asarray(arrays[key]) for key in slots}
-    for key, (layer, name) in slots.items():
-        setattr(layer, name, moved[key])
-
-
 def load_parameters(model: Model, path: str | os.PathLike) -> None:
     path = os.fspath(path)
-    slots = _slots(model)
-    wanted = {key: tuple(getattr(layer, name).shape) for key, (layer, name) in slots.items()}
+    wanted = {
+        key: tuple(value.shape)
+        for key, value in model.state_dict().items()
+        if key.startswith("layers/")
+    }
     with _npz.Reader(path) as file:
         kind = file.header.get("kind")
         if kind == "model":  # a whole model holds parameters too; its own header says which
@@ -262,7 +253,7 @@ def load_parameters(model: Model, path: str | os.PathLike) -> None:
         else:
             raise ModelFileError(f"{path} holds {kind!r}, neither a model nor parameters")
         arrays = _checked(file.read(shapes), path)
-    _assign(slots, arrays, model.backend)
+    model._assign({k: v for k, v in arrays.items() if k.startswith("layers/")})
 
 
 def load_model(path: str | os.PathLike, backend: str | Backend | None = None) -> Model:
@@ -286,23 +277,13 @@ def load_model(path: str | os.PathLike, backend: str | Backend | None = None) ->
         model.finalize()  # layer sizes that do not chain fail here, not at first use
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: {exc}") from exc
-    _assign(_slots(model), arrays, target)
-    if saved.optimizer is not None:
-        _restore_state(model, arrays, target)
+    state = dict(arrays)
+    if saved.optimizer is not None:  # its step count, checked with the header
+        state["optimizer/iterations"] = saved.optimizer.iterations
+        state["optimizer/current_learning_rate"] = saved.optimizer.current_learning_rate
+    model.load_state_dict(state)
     return model
 
 
 def _layer(cls: type, config: dict, target: Backend) -> layers.Layer:
     return cls(**config, backend=target) if cls is layers.Dense else cls(**config)
-
-
-def _restore_state(model: Model, arrays: dict[str, np.ndarray], target: Backend) -> None:
-    """The optimizer's state, from arrays whose names, shapes and completeness are checked."""
-    opt = model.optimizer
-    fields: dict[tuple[int, str], dict[str, Any]] = {}
-    for key, value in arrays.items():
-        if key.startswith("optimizer/"):
-            _, i, name, field = key.split("/")
-            fields.setdefault((int(i), name), {})[field] = target.asarray(value)
-    for (i, name), state in fields.items():
-        opt.state.setdefault(model.layers[i], {})[name] = opt.State(**state)

@@ -87,9 +87,7 @@ class RegressionAccuracy(Accuracy):
 
     def __init__(self, precision: float | None = None, divisor: float = 250.0) -> None:
         super().__init__()
-        self.precision = (
-            None if precision is None else real("precision", precision, 0.0, low_open=True)
-        )
+        self.precision = None if precision is None else real("precision", precision, 0.0)
         self.divisor = real("divisor", divisor, 0.0, low_open=True)
 
     def init(self, y: Any, reinit: bool = False) -> None:

@@ -7,15 +7,10 @@ accuracies are summed on the device and read back only at logging points.
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 from collections.abc import Iterable
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from . import random
 from ._checks import integer
 from ._xp import all_finite, is_kind, quiet_float_errors
 from .backend import Backend, backend_of, get_backend
@@ -23,21 +18,9 @@ from .layers import Dense, Layer
 from .losses import BinaryCrossentropy, CategoricalCrossentropy, Loss
 from .metrics import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
 from .optimizers import Optimizer
+from .training import HISTORY_KEYS, MAX_PENDING, Run, as_float
 
-HISTORY_KEYS = (
-    "epoch",
-    "loss",
-    "data_loss",
-    "regularization_loss",
-    "accuracy",
-    "learning_rate",
-    "val_loss",
-    "val_accuracy",
-)
-
-# Epochs whose figures may wait on the device for the next logging point. Each keeps its
-# parameters and optimizer state alive (to restore on divergence), so the wait is bounded.
-_MAX_PENDING = 10
+__all__ = ["HISTORY_KEYS", "MAX_PENDING", "Model"]
 
 
 class Model:
@@ -273,126 +256,23 @@ class Model:
         returns the history: per-epoch lists under ``HISTORY_KEYS``. ``shuffle`` draws a new
         order each epoch on the device. ``progress`` shows a bar (default: on a terminal,
         when printing). A loss that turns NaN or infinite stops training at the next logging
-        point (at most ``_MAX_PENDING`` epochs later) with a FloatingPointError, as do NaN or
+        point (at most ``MAX_PENDING`` epochs later) with a FloatingPointError, as do NaN or
         infinite parameters after the last update; the model then keeps the parameters that
         the last finite epoch loss was measured from (that epoch's start), and the error's
         ``history`` holds the epochs before.
         """
-        self._require("loss", "optimizer")
-        epochs = integer("epochs", epochs)
-        batch_size = integer("batch_size", batch_size, allow_none=True)
-        print_every = integer("print_every", print_every, 0, allow_none=True)
-        X, y = self._prepare(X, y)
-        val = self._prepare(*_pair(validation_data)) if validation_data is not None else None
-        self.accuracy.init(y)
-
-        xp, b = self.backend.xp, self.backend
-        n = X.shape[0]
-        batches = self._batches(n, batch_size)
-        log_every = print_every or epochs
-        if progress is None:
-            progress = bool(print_every) and sys.stderr.isatty() and "CI" not in os.environ
-        bar = tqdm(total=epochs * len(batches), disable=not progress, unit="batch", leave=False)
-        history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
-        pending: list[dict] = []  # epochs since the last logging point, values still on device
-        # The parameters an epoch starts from are what its first forward pass measures, so
-        # each epoch keeps a snapshot of its start; a finite epoch loss vouches for it.
-        last_good = (0, self._snapshot())
-        try:
-            with quiet_float_errors(X):
-                for epoch in range(1, epochs + 1):
-                    bar.set_description(f"epoch {epoch}/{epochs}", refresh=False)
-                    start = self._snapshot()
-                    # Each batch is gathered by its slice of a device permutation: no shuffled
-                    # copy of the whole data set is made (nor kept alive by a layer's inputs).
-                    order = random.permutation(n, b) if shuffle and len(batches) > 1 else None
-                    figures, reg = [], 0.0
-                    for i, s in enumerate(batches):
-                        if order is None:
-                            xb, yb = X[s, ...], y[s, ...]
-                        else:
-                            xb, yb = xp.take(X, order[s], axis=0), xp.take(y, order[s], axis=0)
-                        output = self.forward(xb, training=True)
-                        figures.append(self._figures(output, yb))
-                        if i == len(batches) - 1:
-                            reg = self._regularization()  # the book reports the epoch's last
-                        self.backward(output, yb)
-                        self.optimizer.step(self.trainable_layers)
-                        bar.update()
-                    data_loss, accuracy = self._means(figures)
-                    record = {
-                        "epoch": epoch,
-                        "data_loss": data_loss,
-                        "regularization_loss": reg,
-                        "accuracy": accuracy,
-                        "learning_rate": self.optimizer.current_learning_rate,
-                        "start": start,
-                    }
-                    if val is not None:
-                        record["val_loss"], record["val_accuracy"] = self._evaluate_device(
-                            *val, batch_size
-                        )
-                    pending.append(record)
-                    if epoch % log_every == 0 or epoch == epochs or len(pending) >= _MAX_PENDING:
-                        last_good = self._flush(
-                            pending, history, last_good, bar, print_every, epochs
-                        )
-                        pending = []
-                # No forward pass measures the last update: check its parameters themselves.
-                if not all(all_finite(p) for values in self._snapshot()[0] for p in values):
-                    what = f"the update of epoch {epochs} made parameters NaN or infinite"
-                    self._diverged(last_good, history, what)
-        finally:
-            bar.close()
-        return history
-
-    def _flush(self, pending, history, last_good, bar, print_every, epochs):
-        """A logging point: read the pending epochs' figures back, stop on divergence, print."""
-        for record in pending:
-            values = {k: _float(v) for k, v in record.items() if k != "start"}
-            values["loss"] = values["data_loss"] + values["regularization_loss"]
-            if not math.isfinite(values["loss"]):
-                what = f"the loss of epoch {values['epoch']} became {values['loss']}"
-                self._diverged(last_good, history, what)
-            last_good = (values["epoch"], record["start"])
-            for key in HISTORY_KEYS:
-                history[key].append(values.get(key))
-            if print_every and (values["epoch"] % print_every == 0 or values["epoch"] == epochs):
-                bar.write(_book_line(values))
-        return last_good
-
-    def _diverged(self, last_good: tuple, history: dict, what: str) -> None:
-        """Restore the last parameters a finite loss vouched for, and raise."""
-        epoch, snapshot = last_good
-        lr = self.optimizer.current_learning_rate
-        self._restore(snapshot)
-        if epoch:
-            kept = f"the start of epoch {epoch}, the last whose loss was finite"
-        else:
-            kept = "the start of this train call (no epoch had a finite loss)"
-        error = FloatingPointError(
-            f"training diverged: {what}; the model keeps its parameters from {kept}. "
-            f"Try a lower learning rate (it was {lr:.3g})."
+        run = Run(
+            self,
+            X,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            validation_data=validation_data,
+            print_every=print_every,
+            shuffle=shuffle,
+            progress=progress,
         )
-        error.history = history  # the epochs that completed, for whoever catches this
-        raise error
-
-    def _snapshot(self) -> tuple:
-        """The parameters and optimizer state by reference: updates make new arrays, never
-        write into these, so keeping them costs no copy."""
-        params = [[getattr(la, n) for n in la.param_names] for la in self.trainable_layers]
-        opt = self.optimizer
-        states = {la: dict(s) for la, s in opt.state.items()} if opt else {}
-        return params, states, opt.iterations if opt else 0, opt.current_learning_rate if opt else 0
-
-    def _restore(self, snapshot: tuple) -> None:
-        params, states, iterations, lr = snapshot
-        for layer, values in zip(self.trainable_layers, params, strict=True):
-            for name, value in zip(layer.param_names, values, strict=True):
-                setattr(layer, name, value)
-        if self.optimizer is not None:
-            self.optimizer.state = states
-            self.optimizer.iterations, self.optimizer.current_learning_rate = iterations, lr
+        return run.fit()
 
     def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> tuple[float, float]:
         """Mean data loss and accuracy over (X, y), as floats."""
@@ -402,7 +282,7 @@ class Model:
         self.accuracy.init(y)
         with quiet_float_errors(X):
             loss, accuracy = self._evaluate_device(X, y, batch_size)
-        return _float(loss), _float(accuracy)
+        return as_float(loss), as_float(accuracy)
 
     def predict(self, X: Any, *, batch_size: int | None = None) -> Any:
         """The output layer's outputs for X, stacked, on the model's backend."""
@@ -431,20 +311,90 @@ class Model:
             raise ValueError(
                 f"got {len(parameters)} parameter pairs for {len(layers)} trainable layers"
             )
+        index = {id(la): i for i, la in enumerate(self.layers)}
+        self._assign(
+            {
+                f"layers/{index[id(layer)]}/{name}": value
+                for layer, pair in zip(layers, parameters, strict=True)
+                for name, value in zip(layer.param_names, pair, strict=True)
+            }
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every parameter as ``layers/<i>/<name>`` and, with an optimizer, its state as
+        ``optimizer/<i>/<name>/<field>``, ``optimizer/iterations`` and
+        ``optimizer/current_learning_rate`` (``i`` indexes ``self.layers``): a plain dict of
+        arrays and numbers, the arrays by reference (updates make new arrays). The files of
+        ``save``, the divergence snapshot and checkpoints are all made of it."""
+        state = {
+            f"layers/{i}/{name}": getattr(layer, name)
+            for i, layer in enumerate(self.layers)
+            for name in layer.param_names
+        }
+        if self.optimizer is not None:
+            opt = self.optimizer.state_dict(self.layers)
+            state["optimizer/iterations"] = opt["iterations"]
+            state["optimizer/current_learning_rate"] = opt["current_learning_rate"]
+            for i, by_param in opt["state"].items():
+                for name, fields in by_param.items():
+                    for field, value in fields.items():
+                        state[f"optimizer/{i}/{name}/{field}"] = value
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` gave (NumPy or this backend's arrays). Everything is
+        checked before anything is set, so a bad dict changes nothing."""
+        params = {k: v for k, v in state_dict.items() if k.startswith("layers/")}
+        moved = self._checked_parameters(params)
+        opt_keys = {k for k in state_dict if k.startswith("optimizer/")}
+        if opt_keys and self.optimizer is None:
+            raise ValueError("the state holds optimizer state but the model has no optimizer")
+        if self.optimizer is not None and opt_keys:
+            nested: dict[int, dict[str, dict[str, Any]]] = {}
+            for key in opt_keys - {"optimizer/iterations", "optimizer/current_learning_rate"}:
+                _, i, name, field = key.split("/")
+                nested.setdefault(int(i), {}).setdefault(name, {})[field] = state_dict[key]
+            self.optimizer.load_state_dict(
+                {
+                    "iterations": state_dict["optimizer/iterations"],
+                    "current_learning_rate": state_dict["optimizer/current_learning_rate"],
+                    "state": nested,
+                },
+                self.layers,
+            )
+        self._set(moved)
+
+    def _assign(self, params: dict[str, Any]) -> None:
+        self._set(self._checked_parameters(params))
+
+    def _checked_parameters(self, params: dict[str, Any]) -> dict[tuple[Layer, str], Any]:
+        """``layers/<i>/<name>`` arrays moved to this model's backend and dtype, each checked
+        against the parameter it replaces."""
+        expected = {
+            f"layers/{i}/{name}": (layer, name)
+            for i, layer in enumerate(self.layers)
+            for name in layer.param_names
+        }
+        if set(params) != set(expected):
+            missing, extra = (
+                sorted(set(expected) - set(params)),
+                sorted(set(params) - set(expected)),
+            )
+            raise ValueError(f"parameters do not fit the model: missing {missing}, extra {extra}")
         b = self.backend
-        moved = []
-        for i, (layer, pair) in enumerate(zip(layers, parameters, strict=True)):
-            arrays = [b.asarray(p, dtype=b.dtype) for p in pair]  # a float32 model stays so
-            for name, array in zip(layer.param_names, arrays, strict=True):
-                want = tuple(getattr(layer, name).shape)
-                if tuple(array.shape) != want:
-                    raise ValueError(
-                        f"layer {i} {name}: expected shape {want}, got {tuple(array.shape)}"
-                    )
-            moved.append(arrays)
-        for layer, arrays in zip(layers, moved, strict=True):
-            for name, array in zip(layer.param_names, arrays, strict=True):
-                setattr(layer, name, array)
+        moved = {}
+        for key, (layer, name) in expected.items():
+            array = b.asarray(params[key], dtype=b.dtype)  # a float32 model stays so
+            want = tuple(getattr(layer, name).shape)
+            if tuple(array.shape) != want:
+                raise ValueError(f"{key}: expected shape {want}, got {tuple(array.shape)}")
+            moved[(layer, name)] = array
+        return moved
+
+    @staticmethod
+    def _set(moved: dict[tuple[Layer, str], Any]) -> None:
+        for (layer, name), array in moved.items():
+            setattr(layer, name, array)
 
     def save_parameters(self, path: str | os.PathLike) -> None:
         from . import io
@@ -491,24 +441,3 @@ def _default_accuracy(loss: Loss) -> Accuracy:
     if isinstance(loss, BinaryCrossentropy):
         return BinaryAccuracy()
     return RegressionAccuracy()
-
-
-def _float(value: Any) -> Any:
-    return value if isinstance(value, int | float) or value is None else float(value)
-
-
-def _pair(validation_data: Any) -> tuple[Any, Any]:
-    if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-        raise ValueError("validation_data must be a pair (X_val, y_val)")
-    return validation_data[0], validation_data[1]
-
-
-def _book_line(v: dict) -> str:
-    line = (
-        f"epoch: {v['epoch']}, acc: {v['accuracy']:.3f}, loss: {v['loss']:.3f} "
-        f"(data_loss: {v['data_loss']:.3f}, reg_loss: {v['regularization_loss']:.3f}), "
-        f"lr: {v['learning_rate']:.10g}"
-    )
-    if v.get("val_loss") is not None:
-        line += f"\nvalidation, acc: {v['val_accuracy']:.3f}, loss: {v['val_loss']:.3f}"
-    return line

@@ -5,28 +5,52 @@ parameter; state lives in named tuples per layer and parameter, so it can be sav
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from ._checks import real
+from ._checks import integer, real
 from ._xp import adam_update, array_namespace
-from .backend import Backend, to_backend
+from .backend import Backend, backend_of, to_backend
 from .layers import Layer
+from .schedules import InverseTimeDecay, Schedule
 
 
 def _check(name: str, value: Any, low: float, high: float = math.inf) -> float:
     return real(name, value, low, high, high_open=True)
 
 
+def _like(param: Any, value: Any, what: str) -> Any:
+    """``value`` as an array of ``param``'s backend, dtype and shape, or a ValueError."""
+    array = backend_of(param).asarray(value)
+    if tuple(array.shape) != tuple(param.shape):
+        raise ValueError(
+            f"optimizer state {what} has shape {tuple(array.shape)}, the parameter "
+            f"{tuple(param.shape)}"
+        )
+    return array
+
+
 class Optimizer:
-    """Base class: learning-rate decay ``lr / (1 + decay * iterations)``, the step count,
-    and per-parameter state ``self.state[layer][name]``."""
+    """Base class: the learning-rate schedule (the book's ``decay``: ``lr / (1 + decay * t)``),
+    the step count, and per-parameter state ``self.state[layer][name]``, a named tuple of
+    arrays. ``state_dict`` / ``load_state_dict`` are the one way state goes in and out.
+
+    Update rules return new arrays and never write into the old ones, so a state dict taken
+    by reference stays what it was."""
 
     State: type[NamedTuple] | None = None
 
-    def __init__(self, learning_rate: float, decay: float = 0.0) -> None:
+    def __init__(
+        self, learning_rate: float, decay: float = 0.0, *, schedule: Schedule | None = None
+    ) -> None:
         self.learning_rate = real("learning_rate", learning_rate, 0.0, low_open=True)
         self.decay = _check("decay", decay, 0.0)
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a portnn Schedule, got {schedule!r}")
+        if schedule is not None and self.decay:
+            raise ValueError("give decay or a schedule, not both (decay=d is InverseTimeDecay(d))")
+        self._own_schedule = schedule is not None
+        self.schedule = schedule or (InverseTimeDecay(self.decay) if self.decay else None)
         self.current_learning_rate = self.learning_rate
         self.iterations = 0
         self.state: dict[Layer, dict[str, NamedTuple]] = {}
@@ -41,8 +65,8 @@ class Optimizer:
         raise NotImplementedError
 
     def pre_update_params(self) -> None:
-        if self.decay:
-            self.current_learning_rate = self.learning_rate / (1.0 + self.decay * self.iterations)
+        if self.schedule is not None:
+            self.current_learning_rate = self.schedule(self.learning_rate, self.iterations)
 
     def update_params(self, layer: Layer) -> None:
         states = self.state.setdefault(layer, {})
@@ -65,8 +89,62 @@ class Optimizer:
                 self.update_params(layer)
         self.post_update_params()
 
+    # --- state in and out -----------------------------------------------------------------
+    def state_dict(self, layers: Sequence[Layer] | None = None) -> dict:
+        """``{"iterations", "current_learning_rate", "state": {i: {param: {field: array}}}}``,
+        where ``i`` indexes ``layers`` (default: the layers in the order first updated).
+        Arrays by reference (see the class docstring); layers never updated have no entry."""
+        order = list(self.state) if layers is None else list(layers)
+        index = {id(layer): i for i, layer in enumerate(order)}
+        state = {}
+        for layer, states in self.state.items():
+            fields = {name: s._asdict() for name, s in states.items() if s is not None}
+            if fields and id(layer) in index:
+                state[index[id(layer)]] = fields
+        return {
+            "iterations": self.iterations,
+            "current_learning_rate": self.current_learning_rate,
+            "state": state,
+        }
+
+    def load_state_dict(self, state_dict: dict, layers: Sequence[Layer] | None = None) -> None:
+        """Restore what ``state_dict`` gave, its indices read against ``layers`` (default: the
+        layers already updated, in that order). NumPy arrays or this backend's; everything is
+        checked first, so a bad dict changes nothing."""
+        order = list(self.state) if layers is None else list(layers)
+        iterations = integer("iterations", state_dict["iterations"], 0)
+        rate = real(
+            "current_learning_rate", state_dict["current_learning_rate"], 0.0, low_open=True
+        )
+        fields = set(self.State._fields) if self.State is not None else set()
+        new: dict[Layer, dict[str, NamedTuple]] = {}
+        for i, by_param in state_dict.get("state", {}).items():
+            if not isinstance(i, int) or not 0 <= i < len(order):
+                raise ValueError(
+                    f"optimizer state for layer {i!r}, but {len(order)} layers to put it on; "
+                    "pass the layers it belongs to: load_state_dict(d, layers=model.layers)"
+                )
+            layer = order[i]
+            for name, values in by_param.items():
+                if name not in layer.param_names or set(values) != fields:
+                    raise ValueError(
+                        f"layer {i} ({layer!r}) has no {name!r} state with fields "
+                        f"{sorted(fields)}; got {sorted(values)}"
+                    )
+                new.setdefault(layer, {})[name] = self.State(
+                    **{
+                        f: _like(getattr(layer, name), v, f"{i}/{name}/{f}")
+                        for f, v in values.items()
+                    }
+                )
+        self.iterations, self.current_learning_rate = iterations, rate
+        self.state = new
+
     def get_config(self) -> dict:
-        return {"learning_rate": self.learning_rate, "decay": self.decay}
+        config = {"learning_rate": self.learning_rate, "decay": self.decay}
+        if self._own_schedule:
+            config["schedule"] = self.schedule
+        return config
 
     def to(self, backend: str | Backend, dtype: Any = None) -> Optimizer:
         """Move the state arrays to ``backend``, as ``dtype`` if given."""
@@ -88,8 +166,15 @@ class SGDState(NamedTuple):
 class SGD(Optimizer):
     """SGD: ``p -= lr * g``; with momentum ``m = momentum * m - lr * g; p += m``."""
 
-    def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, momentum: float = 0.0):
-        super().__init__(learning_rate, decay)
+    def __init__(
+        self,
+        learning_rate: float = 1.0,
+        decay: float = 0.0,
+        momentum: float = 0.0,
+        *,
+        schedule: Schedule | None = None,
+    ):
+        super().__init__(learning_rate, decay, schedule=schedule)
         self.momentum = _check("momentum", momentum, 0.0, 1.0)
         self.State = SGDState if self.momentum else None
 
@@ -112,8 +197,15 @@ class Adagrad(Optimizer):
 
     State = CacheState
 
-    def __init__(self, learning_rate: float = 1.0, decay: float = 0.0, epsilon: float = 1e-7):
-        super().__init__(learning_rate, decay)
+    def __init__(
+        self,
+        learning_rate: float = 1.0,
+        decay: float = 0.0,
+        epsilon: float = 1e-7,
+        *,
+        schedule: Schedule | None = None,
+    ):
+        super().__init__(learning_rate, decay, schedule=schedule)
         self.epsilon = _check("epsilon", epsilon, 0.0)
 
     def _update(self, param, grad, state):
@@ -137,8 +229,10 @@ class RMSprop(Optimizer):
         decay: float = 0.0,
         epsilon: float = 1e-7,
         rho: float = 0.9,
+        *,
+        schedule: Schedule | None = None,
     ):
-        super().__init__(learning_rate, decay)
+        super().__init__(learning_rate, decay, schedule=schedule)
         self.epsilon = _check("epsilon", epsilon, 0.0)
         self.rho = _check("rho", rho, 0.0, 1.0)
 
@@ -170,8 +264,10 @@ class Adam(Optimizer):
         epsilon: float = 1e-7,
         beta_1: float = 0.9,
         beta_2: float = 0.999,
+        *,
+        schedule: Schedule | None = None,
     ):
-        super().__init__(learning_rate, decay)
+        super().__init__(learning_rate, decay, schedule=schedule)
         self.epsilon = _check("epsilon", epsilon, 0.0)
         self.beta_1 = _check("beta_1", beta_1, 0.0, 1.0)
         self.beta_2 = _check("beta_2", beta_2, 0.0, 1.0)

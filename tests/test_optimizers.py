@@ -377,3 +377,80 @@ def test_float32_stays_float32(backend, kind, make_optimizer, batch):
                     assert array.dtype == f32
     assert optimizer.iterations == 3
     assert losses[0] != losses[-1]  # the updates reached the network
+
+
+# --- state in and out -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adagrad", "RMSprop", "Adam"])
+def test_state_dict_round_trip_continues_the_same_trajectory(backend, kind):
+    # state_dict/load_state_dict are the one way state goes in and out: a fresh optimizer
+    # loaded with it must take the very steps the original would.
+    kwargs = {"momentum": 0.9} if kind == "SGD" else {}
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((16, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 1)).astype(np.float32)
+
+    def model_with(optimizer):
+        pn.seed(5)
+        model = pn.Model([pn.Dense(3, 4), pn.Tanh(), pn.Dense(4, 1), pn.Linear()])
+        return model.set(loss=pn.MeanSquaredError(), optimizer=optimizer)
+
+    straight = model_with(getattr(pn, kind)(0.01, decay=1e-2, **kwargs))
+    straight.train(X, y, epochs=6, batch_size=4, shuffle=False, print_every=None)
+    first = model_with(getattr(pn, kind)(0.01, decay=1e-2, **kwargs))
+    first.train(X, y, epochs=3, batch_size=4, shuffle=False, print_every=None)
+    state = {
+        k: (pn.to_numpy(v) if hasattr(v, "shape") else v) for k, v in first.state_dict().items()
+    }
+    second = model_with(getattr(pn, kind)(0.01, decay=1e-2, **kwargs))
+    second.load_state_dict(state)
+    assert second.optimizer.iterations == 12
+    second.train(X, y, epochs=3, batch_size=4, shuffle=False, print_every=None)
+    assert_parameters_equal(host_parameters(second), host_parameters(straight), rtol=1e-6)
+
+
+def test_optimizer_state_dict_is_indexed_by_the_layers_given(backend):
+    dense1, dense2 = pn.Dense(2, 3), pn.Dense(3, 1)
+    opt = pn.Adam()
+    for layer in (dense1, dense2):
+        layer.dweights, layer.dbiases = layer.weights * 0 + 1, layer.biases * 0 + 1
+    opt.step([dense1, dense2])
+    state = opt.state_dict()
+    assert sorted(state["state"]) == [0, 1]
+    assert sorted(state["state"][1]["weights"]) == ["cache", "momentum"]
+    assert opt.state_dict([pn.ReLU(), dense2, dense1])["state"].keys() == {1, 2}
+    fresh = pn.Adam()
+    with pytest.raises(ValueError, match="pass the layers it belongs to"):
+        fresh.load_state_dict(state)
+    fresh.load_state_dict(state, layers=[dense1, dense2])
+    assert fresh.iterations == 1
+    np.testing.assert_array_equal(
+        pn.to_numpy(fresh.state[dense2]["weights"].momentum),
+        pn.to_numpy(opt.state[dense2]["weights"].momentum),
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        (lambda s: s.update(iterations=-1), "iterations"),
+        (lambda s: s.update(current_learning_rate=float("nan")), "current_learning_rate"),
+        (lambda s: s["state"][0]["weights"].pop("cache"), "fields"),
+        (lambda s: s["state"][0]["weights"].update(cache=np.zeros((5, 5))), "shape"),
+        (lambda s: s["state"].update({-1: s["state"][0]}), "layer -1"),
+    ],
+)
+def test_a_bad_optimizer_state_dict_changes_nothing(backend, change, pattern):
+    dense = pn.Dense(2, 3)
+    dense.dweights, dense.dbiases = dense.weights * 0 + 1, dense.biases * 0 + 1
+    opt = pn.Adam()
+    opt.step([dense])
+    state = opt.state_dict()
+    state["state"] = {i: {n: dict(f) for n, f in p.items()} for i, p in state["state"].items()}
+    before = opt.state_dict()
+    change(state)
+    with pytest.raises(ValueError, match=pattern):
+        opt.load_state_dict(state, layers=[dense])
+    assert opt.iterations == before["iterations"]
+    assert opt.state[dense]["weights"].cache is before["state"][0]["weights"]["cache"]

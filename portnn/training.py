@@ -1,0 +1,187 @@
+"""One training run of a Model: batches, figures kept on the device until a logging point,
+divergence, history and the book's progress lines.
+
+Figures stay on the device and are read back only at logging points, so a GPU run has no
+host round trip per batch. Each epoch keeps the state its first forward pass measured (a
+``state_dict`` by reference: updates make new arrays); a finite epoch loss vouches for it,
+and divergence restores the last state vouched for.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from . import random
+from ._checks import integer
+from ._xp import all_finite, quiet_float_errors
+
+if TYPE_CHECKING:
+    from .model import Model
+
+HISTORY_KEYS = (
+    "epoch",
+    "loss",
+    "data_loss",
+    "regularization_loss",
+    "accuracy",
+    "learning_rate",
+    "val_loss",
+    "val_accuracy",
+)
+
+# Epochs whose figures may wait on the device for the next logging point. Each keeps its
+# starting state alive (to restore on divergence), so the wait is bounded.
+MAX_PENDING = 10
+
+
+class Run:
+    """``Run(model, X, y, ...).fit()``: what ``Model.train`` does, with its bookkeeping in
+    one place (the data, the batches, the epochs waiting for a logging point, the history)."""
+
+    def __init__(
+        self,
+        model: Model,
+        X: Any,
+        y: Any,
+        *,
+        epochs: int,
+        batch_size: int | None,
+        validation_data: tuple[Any, Any] | None,
+        print_every: int | None,
+        shuffle: bool,
+        progress: bool | None,
+    ) -> None:
+        model._require("loss", "optimizer")
+        self.model = model
+        self.epochs = integer("epochs", epochs)
+        batch_size = integer("batch_size", batch_size, allow_none=True)
+        self.print_every = integer("print_every", print_every, 0, allow_none=True)
+        self.X, self.y = model._prepare(X, y)
+        self.val = None
+        if validation_data is not None:
+            self.val = (*model._prepare(*_pair(validation_data)), batch_size)
+        model.accuracy.init(self.y)
+        self.batches = model._batches(self.X.shape[0], batch_size)
+        self.shuffle = shuffle and len(self.batches) > 1
+        if progress is None:
+            progress = bool(self.print_every) and sys.stderr.isatty() and "CI" not in os.environ
+        self.bar = tqdm(
+            total=self.epochs * len(self.batches), disable=not progress, unit="batch", leave=False
+        )
+        self.history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
+        self.pending: list[dict] = []  # epochs since the last logging point, on the device
+        self.last_good = (0, model.state_dict())  # (epoch, the state its loss vouched for)
+
+    def fit(self) -> dict[str, list]:
+        log_every = self.print_every or self.epochs
+        try:
+            with quiet_float_errors(self.X):
+                for epoch in range(1, self.epochs + 1):
+                    self.pending.append(self._epoch(epoch))
+                    if (
+                        epoch % log_every == 0
+                        or epoch == self.epochs
+                        or len(self.pending) >= MAX_PENDING
+                    ):
+                        self._flush()
+                # No forward pass measures the last update: check its parameters themselves.
+                parameters = self.model.get_parameters()
+                if not all(all_finite(p) for pair in parameters for p in pair):
+                    self._diverged(f"the update of epoch {self.epochs} made parameters NaN or inf")
+        finally:
+            self.bar.close()
+        return self.history
+
+    def _epoch(self, epoch: int) -> dict:
+        """One pass over the batches; the epoch's figures, still on the device."""
+        model, X, y = self.model, self.X, self.y
+        xp, b = model.backend.xp, model.backend
+        self.bar.set_description(f"epoch {epoch}/{self.epochs}", refresh=False)
+        start = model.state_dict()
+        # Each batch is gathered by its slice of a device permutation: no shuffled copy of
+        # the whole data set is made (nor kept alive by a layer's inputs).
+        order = random.permutation(X.shape[0], b) if self.shuffle else None
+        figures, reg = [], 0.0
+        for i, s in enumerate(self.batches):
+            if order is None:
+                xb, yb = X[s, ...], y[s, ...]
+            else:
+                xb, yb = xp.take(X, order[s], axis=0), xp.take(y, order[s], axis=0)
+            output = model.forward(xb, training=True)
+            figures.append(model._figures(output, yb))
+            if i == len(self.batches) - 1:
+                reg = model._regularization()  # the book reports the epoch's last batch
+            model.backward(output, yb)
+            model.optimizer.step(model.trainable_layers)
+            self.bar.update()
+        data_loss, accuracy = model._means(figures)
+        record = {
+            "epoch": epoch,
+            "data_loss": data_loss,
+            "regularization_loss": reg,
+            "accuracy": accuracy,
+            "learning_rate": model.optimizer.current_learning_rate,
+            "start": start,
+        }
+        if self.val is not None:
+            record["val_loss"], record["val_accuracy"] = model._evaluate_device(*self.val)
+        return record
+
+    def _flush(self) -> None:
+        """A logging point: read the pending epochs' figures back, stop on divergence, print."""
+        pending, self.pending = self.pending, []
+        for record in pending:
+            values = {k: as_float(v) for k, v in record.items() if k != "start"}
+            values["loss"] = values["data_loss"] + values["regularization_loss"]
+            if not math.isfinite(values["loss"]):
+                self._diverged(f"the loss of epoch {values['epoch']} became {values['loss']}")
+            self.last_good = (values["epoch"], record["start"])
+            for key in HISTORY_KEYS:
+                self.history[key].append(values.get(key))
+            every = self.print_every
+            if every and (values["epoch"] % every == 0 or values["epoch"] == self.epochs):
+                self.bar.write(book_line(values))
+
+    def _diverged(self, what: str) -> None:
+        """Restore the last state a finite loss vouched for, and raise."""
+        epoch, state = self.last_good
+        lr = self.model.optimizer.current_learning_rate
+        self.model.load_state_dict(state)
+        if epoch:
+            kept = f"the start of epoch {epoch}, the last whose loss was finite"
+        else:
+            kept = "the start of this train call (no epoch had a finite loss)"
+        error = FloatingPointError(
+            f"training diverged: {what}; the model keeps its parameters from {kept}. "
+            f"Try a lower learning rate (it was {lr:.3g})."
+        )
+        error.history = self.history  # the epochs that completed, for whoever catches this
+        raise error
+
+
+def as_float(value: Any) -> Any:
+    """A device scalar as a Python float (numbers and None pass through)."""
+    return value if isinstance(value, int | float) or value is None else float(value)
+
+
+def _pair(validation_data: Any) -> tuple[Any, Any]:
+    if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+        raise ValueError("validation_data must be a pair (X_val, y_val)")
+    return validation_data[0], validation_data[1]
+
+
+def book_line(v: dict) -> str:
+    """The book's progress line for one epoch's figures (and its validation line)."""
+    line = (
+        f"epoch: {v['epoch']}, acc: {v['accuracy']:.3f}, loss: {v['loss']:.3f} "
+        f"(data_loss: {v['data_loss']:.3f}, reg_loss: {v['regularization_loss']:.3f}), "
+        f"lr: {v['learning_rate']:.10g}"
+    )
+    if v.get("val_loss") is not None:
+        line += f"\nvalidation, acc: {v['val_accuracy']:.3f}, loss: {v['val_loss']:.3f}"
+    return line
