@@ -107,7 +107,7 @@ class Loss:
     def calculate(self, output: Any, y: Any, *, include_regularization: bool = False):
         """Mean loss of this batch as a float (and the regularization loss, if asked);
         also adds the batch to the accumulated mean."""
-        sample_losses = Loss.forward(self, output, y)  # not a subclass's fused forward
+        sample_losses = Loss.forward(self, output, y)  # of outputs, even where forward fuses
         xp = array_namespace(sample_losses)
         self.accumulated_sum = self.accumulated_sum + xp.sum(sample_losses)
         self.accumulated_count += sample_losses.shape[0]
@@ -133,9 +133,13 @@ class Loss:
         self.trainable_layers = list(layers)
 
     def regularization_loss(self, layer: Layer | None = None) -> float:
-        """L1/L2 penalty of ``layer``, or of every remembered trainable layer."""
-        layers = self.trainable_layers if layer is None else [layer]
-        return float(sum(l_.regularization_loss() for l_ in layers if l_.param_names))
+        """L1/L2 penalty of ``layer``, or of every remembered trainable layer, as a float."""
+        return float(self.regularization_total(None if layer is None else [layer]))
+
+    def regularization_total(self, layers: Iterable[Layer] | None = None) -> Any:
+        """The same sum left on the device (no host sync): what a Model reports per epoch."""
+        layers = self.trainable_layers if layers is None else layers
+        return sum((la.regularization_loss() for la in layers if la.param_names), 0.0)
 
     def get_config(self) -> dict:
         return {}
@@ -280,8 +284,10 @@ class SoftmaxCategoricalCrossentropy(CategoricalCrossentropy):
     """Softmax and categorical cross-entropy in one step, with the fast fused backward
     ``(softmax_output - y_onehot) / N``.
 
-    The book's chapter 9-17 use: ``loss = f.forward(logits, y)`` returns the mean loss and sets
-    ``f.output`` (the probabilities); ``f.backward(f.output, y)`` sets ``f.dinputs``.
+    ``forward(logits, y)`` gives the per-sample losses, as every loss's forward does, and sets
+    ``.output`` (the probabilities); ``calculate(probabilities, y)`` their mean;
+    ``backward(self.output, y)`` the gradient of the logits. (The book's class, whose forward
+    returns the mean, is ``portnn.nnfs.Activation_Softmax_Loss_CategoricalCrossentropy``.)
     As a Model's loss it needs a Softmax output layer, which it fuses with (so does
     CategoricalCrossentropy).
     """
@@ -293,9 +299,9 @@ class SoftmaxCategoricalCrossentropy(CategoricalCrossentropy):
         super().__init__()
         self.activation = Softmax()
 
-    def forward(self, inputs: Any, y_true: Any) -> float:  # type: ignore[override]
+    def forward(self, inputs: Any, y_true: Any) -> Any:
         self.output = self.activation.forward(inputs)
-        return self.calculate(self.output, y_true)
+        return super().forward(self.output, y_true)
 
     def backward(self, dvalues: Any, y_true: Any) -> Any:
         self.dinputs = self.fused_backward(dvalues, y_true)

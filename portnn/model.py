@@ -210,9 +210,6 @@ class Model:
         for layer in reversed(layers):
             dvalues = layer.backward(dvalues)
 
-    def _regularization(self) -> Any:
-        return sum((la.regularization_loss() for la in self.trainable_layers), 0.0)
-
     def _figures(self, output: Any, y: Any) -> tuple[Any, Any]:
         """A batch's per-sample losses and its comparisons (True: a correct prediction)."""
         return self.loss._forward(output, y), self.accuracy.compare(self._predictions(output), y)

@@ -136,6 +136,11 @@ class Activation_Softmax_Loss_CategoricalCrossentropy(SoftmaxCategoricalCrossent
     """Softmax and cross-entropy in one (chapters 9 to 17): ``forward(inputs, y_true)`` returns
     the mean loss and sets ``.output``; ``backward(dvalues, y_true)`` sets ``.dinputs``."""
 
+    def forward(self, inputs: Any, y_true: Any) -> float:  # type: ignore[override]
+        """The book's call: the mean loss as a float (portnn's forward gives per-sample)."""
+        self.output = self.activation.forward(inputs)
+        return self.calculate(self.output, y_true)
+
     @property
     def loss(self) -> SoftmaxCategoricalCrossentropy:
         # The book's class holds a separate loss object; portnn's is that loss itself.

@@ -115,7 +115,7 @@ class Run:
             output = model.forward(xb, training=True)
             figures.append(model._figures(output, yb))
             if i == len(self.batches) - 1:
-                reg = model._regularization()  # the book reports the epoch's last batch
+                reg = model.loss.regularization_total()  # the book reports the last batch's
             model.backward(output, yb)
             model.optimizer.step(model.trainable_layers)
             self.bar.update()

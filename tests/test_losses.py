@@ -21,6 +21,10 @@ def labels(n=6, classes=4, seed=1):
     return np.random.default_rng(seed).permutation(np.arange(n) % classes)
 
 
+def _mean_of(per_sample):
+    return float(np.mean(pn.to_numpy(per_sample)))
+
+
 def book_cce(p, y):
     p = np.clip(p, EPS, 1 - EPS)
     if y.ndim == 1:
@@ -113,11 +117,11 @@ def test_fused_softmax_cross_entropy(backend64, target):
     y = categorical_data(target)[1]
     y_dev = backend64.asarray(y)
     fused = pn.SoftmaxCategoricalCrossentropy()
-    mean = fused.forward(backend64.asarray(logits), y_dev)
+    per_sample = fused.forward(backend64.asarray(logits), y_dev)  # per sample, as every loss
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(pn.to_numpy(fused.output), probs, rtol=1e-12)
-    assert isinstance(mean, float)
-    assert mean == pytest.approx(book_cce(probs, y).mean(), rel=1e-12)
+    np.testing.assert_allclose(pn.to_numpy(per_sample), book_cce(probs, y), rtol=1e-12)
+    assert fused.calculate(fused.output, y_dev) == pytest.approx(book_cce(probs, y).mean())
 
     dinputs = fused.backward(fused.output, y_dev)
     assert dinputs.dtype == backend64.dtype
@@ -125,7 +129,10 @@ def test_fused_softmax_cross_entropy(backend64, target):
     softmax.forward(backend64.asarray(logits))
     separate = softmax.backward(cce.backward(softmax.output, y_dev))
     np.testing.assert_allclose(pn.to_numpy(dinputs), pn.to_numpy(separate), rtol=1e-9, atol=1e-15)
-    assert_grad(dinputs, numeric_grad(lambda z: fused.forward(backend64.asarray(z), y_dev), logits))
+    assert_grad(
+        dinputs,
+        numeric_grad(lambda z: _mean_of(fused.forward(backend64.asarray(z), y_dev)), logits),
+    )
 
 
 def test_soft_labels_have_one_cross_entropy_for_loss_and_gradient(backend64):
@@ -144,7 +151,10 @@ def test_soft_labels_have_one_cross_entropy_for_loss_and_gradient(backend64):
     fused = pn.SoftmaxCategoricalCrossentropy()
     fused.forward(backend64.asarray(logits), y_dev)
     dlogits = fused.backward(fused.output, y_dev)
-    assert_grad(dlogits, numeric_grad(lambda z: fused.forward(backend64.asarray(z), y_dev), logits))
+    assert_grad(
+        dlogits,
+        numeric_grad(lambda z: _mean_of(fused.forward(backend64.asarray(z), y_dev)), logits),
+    )
 
 
 def test_unfused_backward_clips_as_the_forward_does(backend):
@@ -266,3 +276,38 @@ def test_bad_targets_raise_a_clear_error(backend, cls, shape, y, error, pattern)
         else:
             loss.calculate(predictions, backend.asarray(y))
     assert loss.accumulated_count == 0  # a refused batch does not count
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        pn.CategoricalCrossentropy,
+        pn.SoftmaxCategoricalCrossentropy,
+        pn.BinaryCrossentropy,
+        pn.MeanSquaredError,
+        pn.MeanAbsoluteError,
+    ],
+)
+def test_every_loss_forward_gives_per_sample_losses(backend, loss):
+    # One contract for the family: forward -> one loss per sample; calculate -> their mean.
+    rng = np.random.default_rng(8)
+    p = rng.uniform(0.05, 0.95, (5, 3))
+    p = p / p.sum(axis=1, keepdims=True)
+    y = np.array([0, 2, 1, 1, 0]) if "Categorical" in loss.__name__ else rng.integers(0, 2, (5, 3))
+    instance = loss()
+    per_sample = instance.forward(backend.asarray(p), backend.asarray(y))
+    assert tuple(per_sample.shape) == (5,)
+    outputs = instance.output if hasattr(instance, "activation") else backend.asarray(p)
+    mean = instance.calculate(outputs, backend.asarray(y))
+    assert mean == pytest.approx(float(np.mean(pn.to_numpy(per_sample))), rel=1e-6)
+
+
+def test_the_books_combined_class_returns_the_mean():
+    from portnn.nnfs import Activation_Softmax_Loss_CategoricalCrossentropy as Combined
+
+    logits, y = np.array([[1.0, 2.0, 0.5], [0.1, 0.2, 3.0]]), np.array([1, 2])
+    loss = Combined()
+    mean = loss.forward(logits, y)
+    assert isinstance(mean, float)
+    per_sample = pn.SoftmaxCategoricalCrossentropy().forward(logits, y)
+    assert mean == pytest.approx(float(np.mean(per_sample)), rel=1e-6)
