@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Time training epochs of the book's Fashion-MNIST network: portnn against its floors.
 
-The network: 784-H-H-10, ReLU, softmax + categorical cross-entropy, Adam(learning_rate=0.001,
-decay=1e-3), float32, on seeded synthetic data (inputs uniform in [-1, 1], labels 0..9).
+The network, as ``portnn.recipes.build("fashion-mnist", hidden=H)`` makes it: 784-H-H-10,
+ReLU, softmax + categorical cross-entropy, Adam(learning_rate=0.001, decay=1e-3), float32, on
+seeded synthetic data (inputs uniform in [-1, 1], labels 0..9).
 Contestants, all in this process, on the same device, alternated round-robin (one epoch each
 per round, the order rotated every round), each timed as the median of ``--epochs`` epochs
 after one warm-up epoch:
@@ -168,24 +169,23 @@ class PortnnModel(Contestant):
 
         if not callable(getattr(pn.Model, "train", None)):
             raise Unavailable("portnn.Model has no train() yet")
+        try:
+            from portnn import recipes
+        except ImportError:
+            raise Unavailable("portnn has no recipes module yet") from None
+        recipe = recipes.get("fashion-mnist")
+        # The other contestants are written out by hand with LR and DECAY: they must train
+        # the network the recipe builds, or the ratios compare different work.
+        settings = (recipe.sizes(hidden=hidden), recipe.learning_rate, recipe.decay)
+        if settings != ((N_IN, hidden, hidden, N_OUT), LR, DECAY):
+            raise RuntimeError(
+                f"the fashion-mnist recipe (sizes, learning rate, decay) is now {settings}, but "
+                f"this script's floors train {((N_IN, hidden, hidden, N_OUT), LR, DECAY)}"
+            )
         self.backend = backend
         pn.set_backend(backend)
         pn.seed(seed)
-        self.model = pn.Model(
-            [
-                pn.Dense(N_IN, hidden),
-                pn.ReLU(),
-                pn.Dense(hidden, hidden),
-                pn.ReLU(),
-                pn.Dense(hidden, N_OUT),
-                pn.Softmax(),
-            ]
-        )
-        self.model.set(
-            loss=pn.CategoricalCrossentropy(),
-            optimizer=pn.Adam(learning_rate=LR, decay=DECAY),
-            accuracy=pn.CategoricalAccuracy(),
-        )
+        self.model = recipe.build(hidden=hidden)
         self.X, self.y = pn.to_backend(X, backend), pn.to_backend(y, backend)
         self.kwargs = {"epochs": 1, "batch_size": batch, "shuffle": True, "print_every": None}
 

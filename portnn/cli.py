@@ -18,20 +18,27 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import os
 import platform
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import portnn as pn
+
+from . import datasets, recipes
+from ._npz import check_writable
+from .backend import BACKENDS
+from .layers import Dense
+
 PROG = "portnn"
-DATASETS = ("spiral", "vertical", "sine", "fashion-mnist", "digits")
+DATASETS = tuple(recipes.RECIPES)
 
 
 class _UsageError(Exception):
@@ -43,173 +50,38 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
-# --- the datasets and the book's network for each -------------------------------------------
-@dataclass(frozen=True)
-class Recipe:
-    """Defaults for one dataset: the book's network and optimizer, sized to train quickly."""
-
-    about: str
-    regression: bool
-    epochs: int
-    batch_size: int | None
-    learning_rate: float
-    decay: float
-    hidden: int
-    hidden_layers: int
-    weight_scale: float = 0.01
-    validate: bool = False  # evaluate the test split every epoch (else once at the end)
-
-
-RECIPES = {
-    "spiral": Recipe(
-        "the book's chapter 10 run: spiral(100, 3), Adam(0.05, decay 5e-7)",
-        regression=False,
-        epochs=10001,
-        batch_size=None,
-        learning_rate=0.05,
-        decay=5e-7,
-        hidden=64,
-        hidden_layers=1,
-    ),
-    "vertical": Recipe(
-        "vertical(100, 3) with the chapter 10 network",
-        regression=False,
-        epochs=1001,
-        batch_size=None,
-        learning_rate=0.05,
-        decay=5e-7,
-        hidden=64,
-        hidden_layers=1,
-    ),
-    "sine": Recipe(
-        "the book's chapter 17 regression: sine_data(), Adam(0.005, decay 1e-3)",
-        regression=True,
-        epochs=10001,
-        batch_size=None,
-        learning_rate=0.005,
-        decay=1e-3,
-        hidden=64,
-        hidden_layers=2,
-        weight_scale=0.1,
-    ),
-    "fashion-mnist": Recipe(
-        "the book's chapter 19 run: Fashion-MNIST, Adam(decay 1e-3), batches of 128",
-        regression=False,
-        epochs=10,
-        batch_size=128,
-        learning_rate=0.001,
-        decay=1e-3,
-        hidden=128,
-        hidden_layers=2,
-        validate=True,
-    ),
-    "digits": Recipe(
-        "scikit-learn's 8x8 digits with the chapter 19 network, Adam(decay 1e-3)",
-        regression=False,
-        epochs=30,
-        batch_size=32,
-        learning_rate=0.005,
-        decay=1e-3,
-        hidden=128,
-        hidden_layers=1,
-        validate=True,
-    ),
-}
-
-
-@dataclass
-class Data:
-    X: np.ndarray
-    y: np.ndarray
-    X_test: np.ndarray | None
-    y_test: np.ndarray | None
-    n_outputs: int
-
-
-def _load_data(name: str, args: argparse.Namespace) -> Data:
-    """The dataset as NumPy arrays; the same seed gives the same data in train and evaluate."""
-    import portnn as pn
-
-    seed = args.seed
-    if name in ("spiral", "vertical"):
-        make = pn.datasets.spiral if name == "spiral" else pn.datasets.vertical
-        # Training data from portnn's seeded stream (seed 0: the book's own data, and the
-        # book's initial weights after it); the test draw from its own generator.
-        X, y = make(100, 3)
-        X_test, y_test = make(100, 3, seed=seed + 1)
-        return Data(X, y, X_test, y_test, 3)
-    if name == "sine":
-        X, y = pn.datasets.sine(1000)
-        return Data(X, y, None, None, 1)
-    if name == "fashion-mnist":
-        try:
-            X, y, X_test, y_test = pn.datasets.fashion_mnist(args.data, download=args.download)
-        except FileNotFoundError as exc:
-            where = args.data if args.data else pn.datasets.default_data_dir()
-            raise FileNotFoundError(
-                f"Fashion-MNIST was not found in {where}; pass --download to fetch it (about "
-                "30 MB), or --data FOLDER to read the four IDX files (or the book's PNG "
-                "folders) from FOLDER"
-            ) from exc
-        return Data(X, y, X_test, y_test, 10)
-    if name == "digits":
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError as exc:
-            raise ImportError(
-                "the digits dataset comes from scikit-learn, which is not installed here; "
-                "install it with: pip install scikit-learn"
-            ) from exc
-        digits = load_digits()
-        X = (digits.data.astype(np.float32) - 8.0) / 8.0  # pixels 0..16 to [-1, 1]
-        y = digits.target.astype(np.uint8)
-        order = np.random.RandomState(seed).permutation(len(X))
-        cut = len(X) * 4 // 5
-        train, test = order[:cut], order[cut:]
-        return Data(X[train], y[train], X[test], y[test], 10)
-    raise AssertionError(name)  # argparse admits only DATASETS
-
-
-def _build_model(recipe: Recipe, n_inputs: int, n_outputs: int, hidden: int, lr: float):
-    import portnn as pn
-
-    scale = recipe.weight_scale
-    layers: list[Any] = [pn.Dense(n_inputs, hidden, weight_scale=scale), pn.ReLU()]
-    for _ in range(recipe.hidden_layers - 1):
-        layers += [pn.Dense(hidden, hidden, weight_scale=scale), pn.ReLU()]
-    layers.append(pn.Dense(hidden, n_outputs, weight_scale=scale))
-    layers.append(pn.Linear() if recipe.regression else pn.Softmax())
-    model = pn.Model(layers)
-    model.set(
-        loss=pn.MeanSquaredError() if recipe.regression else pn.CategoricalCrossentropy(),
-        optimizer=pn.Adam(learning_rate=lr, decay=recipe.decay),
-    )
-    return model
+def _load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """``datasets.load``: the same seed gives the same data in train and evaluate. A missing
+    Fashion-MNIST names the options that find or fetch it."""
+    try:
+        return datasets.load(args.dataset, path=args.data, download=args.download, seed=args.seed)
+    except FileNotFoundError as exc:
+        if args.dataset != "fashion-mnist":
+            raise
+        where = args.data if args.data else datasets.default_data_dir()
+        raise FileNotFoundError(
+            f"Fashion-MNIST was not found in {where}; pass --download to fetch it (about "
+            "30 MB), or --data FOLDER to read the four IDX files (or the book's PNG "
+            "folders) from FOLDER"
+        ) from exc
 
 
 def _describe(model: Any) -> str:
-    from .layers import Dense
-
     sizes = [la.n_inputs for la in model.layers if isinstance(la, Dense)][:1]
     sizes += [la.n_neurons for la in model.layers if isinstance(la, Dense)]
     acts = [type(la).__name__ for la in model.layers if not isinstance(la, Dense)]
     return f"{'-'.join(map(str, sizes))} ({', '.join(dict.fromkeys(acts))})"
 
 
-def _num(x: float) -> str:
-    return f"{x:.3f}" if abs(x) >= 0.01 or x == 0 else f"{x:.3g}"
-
-
 def _figures(label: str, loss: float, accuracy: float) -> str:
-    return f"{label}, acc: {accuracy:.3f}, loss: {_num(loss)}"
+    shown = f"{loss:.3f}" if abs(loss) >= 0.01 or loss == 0 else f"{loss:.3g}"
+    return f"{label}, acc: {accuracy:.3f}, loss: {shown}"
 
 
 def _check_writable(path: str | None, option: str) -> None:
     """Fail before the run, not after it, when an output file cannot be written there: a
     folder, a missing folder or one without write permission (an OSError naming the path)."""
     if path is not None:
-        from ._npz import check_writable
-
         try:
             check_writable(Path(path).expanduser())
         except OSError as exc:
@@ -218,10 +90,6 @@ def _check_writable(path: str | None, option: str) -> None:
 
 # --- commands --------------------------------------------------------------------------------
 def _cmd_info(args: argparse.Namespace) -> int:
-    import portnn as pn
-
-    from .backend import BACKENDS
-
     print(f"portnn {pn.__version__} (Python {platform.python_version()}, {platform.system()})")
     try:
         selected = pn.get_backend()
@@ -237,7 +105,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             rows.append((name, version, "no", "-", "-"))
             notes.append(f"  {name}: {_one_line(exc)}")
             continue
-        rows.append((name, version, "yes", _devices(backend), backend.dtype_name))
+        devices = ", ".join(type(backend).devices())  # what its library can compute on here
+        rows.append((name, version, "yes", devices, backend.dtype_name))
     header = ("backend", "library", "usable", "devices", "dtype")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -258,11 +127,6 @@ def _library_version(module: str) -> str:
         return f"{module} (fails to import: {type(exc).__name__})"
 
 
-def _devices(backend: Any) -> str:
-    """The devices the backend's library can compute on here."""
-    return ", ".join(type(backend).devices())
-
-
 def _device_name(device: Any) -> str:
     text = str(device)
     match = re.fullmatch(r"[\w.]*Device\('(.*)'\)", text)  # array_api_strict.Device('CPU_DEVICE')
@@ -270,14 +134,10 @@ def _device_name(device: Any) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import portnn as pn
-
-    recipe = RECIPES[args.dataset]
+    recipe = recipes.get(args.dataset)
     epochs = args.epochs or recipe.epochs
     batch_size = args.batch_size or recipe.batch_size
-    lr = args.learning_rate or recipe.learning_rate
-    hidden = args.hidden or recipe.hidden
-    print_every = args.print_every if args.print_every is not None else max(1, epochs // 10)
+    print_every = args.print_every if args.print_every is not None else recipe.print_every(epochs)
     _check_writable(args.save, "--save")
     _check_writable(args.plot, "--plot")
     _check_writable(args.plot_regions, "--plot-regions")
@@ -290,39 +150,35 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     say = (lambda *a: None) if args.quiet else print
     pn.seed(args.seed)
-    data = _load_data(args.dataset, args)
-    model = _build_model(recipe, data.X.shape[1], data.n_outputs, hidden, lr)
-    backend = model.backend
+    X, y, X_test, y_test = _load_data(args)
+    model = recipe.build(X.shape[1], hidden=args.hidden, learning_rate=args.learning_rate)
+    backend, opt = model.backend, model.optimizer
     say(f"portnn {pn.__version__}: {args.dataset}, {recipe.about}")
-    tests = f", {len(data.X_test)} test samples" if data.X_test is not None else ""
-    say(f"data: {len(data.X)} training samples{tests}, {data.X.shape[1]} features")
-    opt = model.optimizer
+    tests = f", {len(X_test)} test samples" if X_test is not None else ""
+    say(f"data: {len(X)} training samples{tests}, {X.shape[1]} features")
     say(
         f"model: {_describe(model)}, {type(model.loss).__name__}, "
-        f"Adam(learning_rate={opt.learning_rate:g}, decay={opt.decay:g})"
+        f"{type(opt).__name__}(learning_rate={opt.learning_rate:g}, decay={opt.decay:g})"
     )
     batches = "full batch" if batch_size is None else f"batches of {batch_size}"
     say(
         f"training: {epochs} epochs, {batches}, "
         f"on {backend.name} ({backend.dtype_name}, {_device_name(backend.device)})"
     )
-    validation = None
-    if recipe.validate and data.X_test is not None:
-        validation = (data.X_test, data.y_test)
+    validation = (X_test, y_test) if recipe.validate and X_test is not None else None
     start = time.perf_counter()
     history = model.train(
-        data.X,
-        data.y,
+        X,
+        y,
         epochs=epochs,
         batch_size=batch_size,
         validation_data=validation,
         print_every=0 if args.quiet else print_every,
     )
-    seconds = time.perf_counter() - start
-    print(f"trained {epochs} epochs in {seconds:.1f} s")
-    print(_figures("training", *model.evaluate(data.X, data.y, batch_size=batch_size)))
-    if data.X_test is not None:
-        print(_figures("test", *model.evaluate(data.X_test, data.y_test, batch_size=batch_size)))
+    print(f"trained {epochs} epochs in {time.perf_counter() - start:.1f} s")
+    print(_figures("training", *model.evaluate(X, y, batch_size=batch_size)))
+    if X_test is not None:
+        print(_figures("test", *model.evaluate(X_test, y_test, batch_size=batch_size)))
     if args.save:
         model.save(args.save)
         print(f"saved the model to {args.save}")
@@ -334,212 +190,145 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.plot_regions:
         from .plot import plot_decision_regions
 
-        plot_decision_regions(model, data.X, data.y, args.plot_regions, title=args.dataset)
+        plot_decision_regions(model, X, y, args.plot_regions, title=args.dataset)
         print(f"saved the decision regions to {args.plot_regions}")
     return 0
 
 
 def _load_model(path: str, backend: str | None) -> Any:
-    import portnn as pn
-
     if not Path(path).expanduser().is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     return pn.Model.load(Path(path).expanduser(), backend=backend)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import portnn as pn
-
     model = _load_model(args.model, args.backend)
-    recipe = RECIPES[args.dataset]
     if model.loss is None:
-        model.set(loss=pn.MeanSquaredError() if recipe.regression else pn.CategoricalCrossentropy())
+        model.set(loss=recipes.get(args.dataset).loss())
     pn.seed(args.seed)
-    data = _load_data(args.dataset, args)
-    if model.n_inputs is not None and model.n_inputs != data.X.shape[1]:
+    X, y, X_test, y_test = _load_data(args)
+    if model.n_inputs is not None and model.n_inputs != X.shape[1]:
         raise ValueError(
             f"the model takes {model.n_inputs} inputs but {args.dataset} has "
-            f"{data.X.shape[1]} features per sample; was it trained on another dataset?"
+            f"{X.shape[1]} features per sample; was it trained on another dataset?"
         )
-    if data.X_test is not None:
-        label, X, y = "test", data.X_test, data.y_test
-    else:
-        label, X, y = "data", data.X, data.y
+    label, X, y = ("data", X, y) if X_test is None else ("test", X_test, y_test)
     print(f"model: {args.model}, {_describe(model)}, on {model.backend.name}")
     loss, accuracy = model.evaluate(X, y, batch_size=args.batch_size)
     print(_figures(f"{label} ({len(X)} samples)", loss, accuracy))
     return 0
 
 
-def _read_image(path: str, invert: bool) -> np.ndarray:
-    """The book's chapter 22 preprocessing: greyscale, 28x28, inverted, scaled to [-1, 1]."""
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as exc:
-        raise ImportError(
-            "predict reads images with Pillow, which is not installed here; "
-            "install it with: pip install 'portnn[images]'"
-        ) from exc
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(file) as img:
-            grey = img.convert("L").resize((28, 28), Image.Resampling.BILINEAR)
-            pixels = np.asarray(grey, dtype=np.float32)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable image ({_one_line(exc)})") from exc
-    if invert:
-        pixels = 255.0 - pixels  # the book's photos are dark on light; Fashion-MNIST is light
-    return ((pixels - 127.5) / 127.5).reshape(1, -1)
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .activations import Sigmoid, Softmax
-    from .backend import to_numpy
-    from .datasets import FASHION_MNIST_CLASSES as CLASS_NAMES
-
+    names = datasets.FASHION_MNIST_CLASSES
     model = _load_model(args.model, args.backend)
-    image = _read_image(args.image, invert=not args.no_invert)
+    image = datasets.fashion_mnist_image(args.image, invert=not args.no_invert)
     if model.n_inputs is not None and model.n_inputs != image.shape[1]:
         raise ValueError(
             f"the model takes {model.n_inputs} inputs, but predict feeds it a 28x28 image "
             "(784 inputs), as for the book's Fashion-MNIST model"
         )
-    outputs = np.asarray(to_numpy(model.predict(image)))[0]
-    output_layer = model.layers[-1]
-    if isinstance(output_layer, Sigmoid) and outputs.shape[0] == 1:
-        cls = int(outputs[0] > 0.5)
-        confidence = outputs[0] if cls else 1 - outputs[0]
-    else:
-        cls = int(np.argmax(outputs))
-        confidence = outputs[cls]
-    name = CLASS_NAMES[cls] if outputs.shape[0] == len(CLASS_NAMES) else f"class {cls}"
-    detail = f" (class {cls})" if outputs.shape[0] == len(CLASS_NAMES) else ""
-    if isinstance(output_layer, Softmax | Sigmoid):
-        print(f"{name}{detail}, confidence: {confidence:.3f}")
-    else:
-        print(f"{name}{detail}, output: {confidence:.3g}")
+    # Two forward passes of one image: the outputs for the confidence, the classes by the
+    # output layer's own rule (argmax for Softmax, > 0.5 for Sigmoid).
+    outputs = np.asarray(pn.to_numpy(model.predict(image))).reshape(-1)
+    classes = np.asarray(pn.to_numpy(model.predict_classes(image))).reshape(-1)
+    if classes.size != 1 or classes.dtype.kind not in "biu":  # no classes: regression outputs
+        print("outputs: " + ", ".join(f"{v:.3g}" for v in outputs))
+        return 0
+    cls = int(classes[0])
+    confidence = outputs[cls] if outputs.size > 1 else (outputs[0] if cls else 1 - outputs[0])
+    name = f"{names[cls]} (class {cls})" if outputs.size == len(names) else f"class {cls}"
+    print(f"{name}, confidence: {confidence:.3f}")
     return 0
 
 
 # --- the command line ------------------------------------------------------------------------
-def _int_type(low: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _number(cast: Callable[[str], Any], what: str, ok: Callable[[Any], bool]) -> Callable:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if value < low:
+            value = None
+        if value is None or not ok(value):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
 
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (value > 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
+def _name(kind: str, names: Sequence[str], sep: str, aliases: dict[str, str]) -> Callable:
+    """A parser of a backend or dataset name: any case, ``-`` or ``_`` (as ``sep``), aliases."""
 
+    def parse(text: str) -> str:
+        name = text.strip().lower().replace("_" if sep == "-" else "-", sep)
+        name = aliases.get(name, name)
+        if name not in names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {kind} {text!r}; choose from {', '.join(names)}"
+            )
+        return name
 
-def _backend_type(text: str) -> str:
-    from .backend import BACKENDS
-
-    name = text.strip().lower().replace("-", "_")
-    if name not in BACKENDS:
-        raise argparse.ArgumentTypeError(
-            f"unknown backend {text!r}; choose from {', '.join(BACKENDS)}"
-        )
-    return name
-
-
-def _dataset_type(text: str) -> str:
-    name = text.strip().lower().replace("_", "-")
-    if name == "fashion":
-        name = "fashion-mnist"
-    if name not in DATASETS:
-        raise argparse.ArgumentTypeError(
-            f"unknown dataset {text!r}; choose from {', '.join(DATASETS)}"
-        )
-    return name
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
-    positive = _int_type(1, "a positive integer")
+    positive = _number(int, "a positive integer", lambda v: v >= 1)
+    natural = _number(int, "a non-negative integer", lambda v: v >= 0)
+    positive_real = _number(float, "a positive number", lambda v: 0 < v < math.inf)
+    backend = _name("backend", BACKENDS, "_", {})
+    dataset = _name("dataset", DATASETS, "-", {"fashion": "fashion-mnist"})
     parser = _Parser(
         prog=PROG,
         description="Train and use the network of 'Neural Networks from Scratch in Python' "
         "on NumPy, CuPy, PyTorch or array-api-strict.",
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=f"{PROG} {pn.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def backend_option(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, *, data: bool) -> None:
         p.add_argument(
             "--backend",
-            type=_backend_type,
+            type=backend,
             metavar="NAME",
             help="numpy, array_api_strict, torch or cupy (default: $PORTNN_BACKEND or numpy)",
         )
+        if data:
+            p.add_argument("--data", metavar="PATH", help="folder of the Fashion-MNIST files")
+            p.add_argument("--download", action="store_true", help="fetch Fashion-MNIST if missing")
+            p.add_argument(
+                "--seed",
+                type=natural,
+                default=0,
+                metavar="N",
+                help="seed of the data and initial weights (default 0: the book's)",
+            )
 
-    def data_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data", metavar="PATH", help="folder of the Fashion-MNIST files")
-        p.add_argument(
-            "--download", action="store_true", help="fetch Fashion-MNIST if it is missing"
-        )
-        p.add_argument(
-            "--seed",
-            type=_int_type(0, "a non-negative integer"),
-            default=0,
-            metavar="N",
-            help="seed of the data and initial weights (default 0: the book's)",
-        )
+    sub.add_parser("info", help="versions, backends and devices").set_defaults(run=_cmd_info)
 
-    info = sub.add_parser("info", help="versions, backends and devices")
-    info.set_defaults(run=_cmd_info)
-
+    defaults = "; ".join(f"{name}: {r.settings}" for name, r in recipes.RECIPES.items())
     train = sub.add_parser(
         "train",
         help="train the book's network on a dataset",
         description="Train the book's network on DATASET and print its progress and final "
-        "figures. Defaults per dataset: "
-        + "; ".join(
-            f"{name}: {r.epochs} epochs, "
-            f"{'full batch' if r.batch_size is None else f'batch {r.batch_size}'}, "
-            f"lr {r.learning_rate}, hidden {r.hidden}"
-            for name, r in RECIPES.items()
-        ),
+        f"figures. Defaults per dataset: {defaults}",
     )
-    train.add_argument("dataset", type=_dataset_type, metavar="DATASET", help=", ".join(DATASETS))
-    backend_option(train)
-    train.add_argument("--epochs", type=positive, metavar="N", help="passes over the training data")
-    train.add_argument(
-        "--batch-size", type=positive, metavar="N", help="samples per step (default per dataset)"
-    )
-    train.add_argument(
-        "--learning-rate", type=_positive_float, metavar="LR", help="Adam's initial learning rate"
-    )
-    train.add_argument(
-        "--hidden", type=positive, metavar="WIDTH", help="width of the hidden layers"
-    )
-    train.add_argument(
+    arg = train.add_argument
+    arg("dataset", type=dataset, metavar="DATASET", help=", ".join(DATASETS))
+    arg("--epochs", type=positive, metavar="N", help="passes over the training data")
+    arg("--batch-size", type=positive, metavar="N", help="samples per step (default per dataset)")
+    arg("--learning-rate", type=positive_real, metavar="LR", help="Adam's initial learning rate")
+    arg("--hidden", type=positive, metavar="WIDTH", help="width of the hidden layers")
+    arg(
         "--print-every",
-        type=_int_type(0, "a non-negative integer"),
+        type=natural,
         metavar="N",
         help="epochs between progress lines (default: a tenth of the epochs; 0: none)",
     )
-    train.add_argument("--save", metavar="PATH", help="save the trained model (.npz) to PATH")
-    train.add_argument("--plot", metavar="PATH", help="plot loss, accuracy and lr to a PNG")
-    train.add_argument(
-        "--plot-regions", metavar="PATH", help="plot the decision regions to a PNG (2-D data)"
-    )
-    train.add_argument("--quiet", action="store_true", help="print only the final figures")
-    data_options(train)
+    arg("--save", metavar="PATH", help="save the trained model (.npz) to PATH")
+    arg("--plot", metavar="PATH", help="plot loss, accuracy and lr to a PNG")
+    arg("--plot-regions", metavar="PATH", help="plot the decision regions to a PNG (2-D data)")
+    arg("--quiet", action="store_true", help="print only the final figures")
+    common(train, data=True)
     train.set_defaults(run=_cmd_train)
 
     evaluate = sub.add_parser(
@@ -547,15 +336,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a saved model's loss and accuracy on a dataset",
         description="Evaluate a saved model on DATASET's test split (sine: the data itself).",
     )
-    evaluate.add_argument("model", metavar="MODEL", help="a model saved by portnn")
-    evaluate.add_argument(
-        "dataset", type=_dataset_type, metavar="DATASET", help=", ".join(DATASETS)
-    )
-    backend_option(evaluate)
-    evaluate.add_argument(
-        "--batch-size", type=positive, metavar="N", help="samples per forward pass"
-    )
-    data_options(evaluate)
+    arg = evaluate.add_argument
+    arg("model", metavar="MODEL", help="a model saved by portnn")
+    arg("dataset", type=dataset, metavar="DATASET", help=", ".join(DATASETS))
+    arg("--batch-size", type=positive, metavar="N", help="samples per forward pass")
+    common(evaluate, data=True)
     evaluate.set_defaults(run=_cmd_evaluate)
 
     predict = sub.add_parser(
@@ -564,22 +349,17 @@ def _parser() -> argparse.ArgumentParser:
         description="The book's chapter 22 inference: the image is read as greyscale, resized "
         "to 28x28, inverted (255 - x), scaled to [-1, 1] and classified.",
     )
-    predict.add_argument("model", metavar="MODEL", help="a model saved by portnn")
-    predict.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG...)")
-    backend_option(predict)
-    predict.add_argument(
+    arg = predict.add_argument
+    arg("model", metavar="MODEL", help="a model saved by portnn")
+    arg("image", metavar="IMAGE", help="an image file (PNG, JPEG...)")
+    arg(
         "--no-invert",
         action="store_true",
         help="the image is already light on dark, as Fashion-MNIST's are",
     )
+    common(predict, data=False)
     predict.set_defaults(run=_cmd_predict)
     return parser
-
-
-def _version() -> str:
-    from . import __version__
-
-    return f"{PROG} {__version__}"
 
 
 def _one_line(exc: BaseException | str) -> str:
@@ -591,9 +371,8 @@ def _message(exc: BaseException) -> str:
 
     if isinstance(exc, FileNotFoundError) and exc.filename is not None:
         return f"{exc.filename}: no such file or directory"
-    if isinstance(exc, ModelFileError | OSError | ValueError | ImportError | RuntimeError):
-        return _one_line(exc)
-    if isinstance(exc, ArithmeticError | TypeError):
+    expected = (ModelFileError, OSError, ValueError, ImportError, RuntimeError)
+    if isinstance(exc, (*expected, ArithmeticError, TypeError)):
         return _one_line(exc)
     return f"unexpected {type(exc).__name__}: {_one_line(exc)} (set PORTNN_DEBUG=1 for details)"
 
@@ -614,8 +393,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "backend", None) is None:
             return args.run(args)
-        import portnn as pn
-
         with pn.use_backend(args.backend):
             return args.run(args)
     except KeyboardInterrupt:

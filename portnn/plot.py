@@ -96,19 +96,24 @@ def plot_history(history: Mapping[str, Sequence], path: PathLike, *, title: str 
     return path
 
 
-def _class_predictions(model: Any, points: np.ndarray) -> np.ndarray:
-    """Classes of ``points``: the output layer's ``predictions`` where it has them, else the
-    argmax of the outputs (one column: above 0.5)."""
-    predict = model.predict if hasattr(model, "predict") else model
-    outputs = predict(points)
-    layers = getattr(model, "layers", None)
-    predictions = getattr(layers[-1], "predictions", None) if layers else None
-    if predictions is not None:
-        outputs = predictions(outputs)
-    result = np.asarray(to_numpy(outputs))
-    if result.ndim == 2:
-        result = (result[:, 0] > 0.5) if result.shape[1] == 1 else result.argmax(axis=1)
-    return result.astype(np.int64).reshape(-1)
+def _classes(model: Any, points: np.ndarray) -> np.ndarray:
+    """One class per point: ``model.predict_classes`` (the output layer's own rule), or what
+    a callable returns; anything else (probabilities, regression outputs) is refused."""
+    predict = getattr(model, "predict_classes", model)
+    result = np.asarray(to_numpy(predict(points)))
+    if result.ndim == 2 and result.shape[1] == 1:
+        result = result[:, 0]  # a Sigmoid's column of 0/1
+    indices = result.dtype.kind in "biu" or (
+        result.dtype.kind == "f" and bool(np.all(result == np.round(result)))
+    )
+    if result.shape != (points.shape[0],) or not indices or (result.size and result.min() < 0):
+        raise ValueError(
+            "decision regions need one class index per point, but the model gave "
+            f"{result.dtype} values of shape {result.shape} for {points.shape[0]} points; pass "
+            "a portnn Model with a classifying output layer (Softmax, Sigmoid), or a callable "
+            "that returns class indices, such as model.predict_classes"
+        )
+    return result.astype(np.int64)
 
 
 def plot_decision_regions(
@@ -122,7 +127,8 @@ def plot_decision_regions(
 ) -> PathLike:
     """The plane colored by the class ``model`` predicts at each point, the data on top.
 
-    ``model`` is a trained portnn Model (or any callable from points to outputs) on 2-D inputs;
+    ``model`` is a trained portnn Model on 2-D inputs, whose ``predict_classes`` colors the
+    plane, or any callable from points to class indices (such as ``model.predict_classes``);
     ``X`` is ``(N, 2)``, ``y`` the class labels (``(N,)`` or a ``(N, 1)`` column of 0/1), on
     any backend. The grid of ``resolution`` x ``resolution`` points spans the data with a
     margin. Writes an image (PNG unless ``path`` names another format) and returns ``path``.
@@ -143,7 +149,7 @@ def plot_decision_regions(
     ys = np.linspace(low[1] - margin[1], high[1] + margin[1], resolution)
     gx, gy = np.meshgrid(xs, ys)
     grid = np.column_stack([gx.ravel(), gy.ravel()]).astype(np.float32)
-    regions = _class_predictions(model, grid).reshape(gx.shape)
+    regions = _classes(model, grid).reshape(gx.shape)
 
     labels = y.astype(np.int64)
     n_classes = int(max(regions.max(initial=0), labels.max(initial=0))) + 1

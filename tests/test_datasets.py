@@ -523,3 +523,156 @@ def test_download_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match=TEST_LABELS):
         fm.download(tmp_path, base_url="http://127.0.0.1:9/", checksums={TRAIN_IMAGES: "0"})
     assert list(tmp_path.iterdir()) == []
+
+
+# --- load(): every dataset, split as portnn train uses it -------------------------------------
+
+
+@pytest.mark.parametrize(("name", "make"), [("spiral", book_spiral), ("vertical", book_vertical)])
+def test_load_draws_training_data_from_the_global_stream_and_tests_from_the_seed(name, make):
+    pn.seed(0)
+    X, y, X_test, y_test = datasets.load(name, seed=4)
+    rng = np.random.RandomState(0)  # portnn.seed(0): the book's own data
+    X_ref, y_ref = make(100, 3, rng)
+    np.testing.assert_allclose(X, X_ref, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(y, y_ref)
+    X_test_ref, y_test_ref = make(100, 3, np.random.RandomState(5))  # seed + 1
+    np.testing.assert_allclose(X_test, X_test_ref, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(y_test, y_test_ref)
+    pn.seed(0)
+    X_again, _, X_test_again, _ = datasets.load(name, seed=4)
+    assert np.array_equal(X, X_again) and np.array_equal(X_test, X_test_again)
+
+
+def test_load_sine_has_no_test_split():
+    X, y, X_test, y_test = datasets.load("sine")
+    assert X.shape == y.shape == (1000, 1) and X_test is None and y_test is None
+    assert np.array_equal(X, datasets.sine(1000)[0])
+
+
+def test_load_fashion_mnist_reads_the_files(tmp_path, tiny):
+    folder = write_idx(tmp_path / "f", tiny)
+    loaded = datasets.load("fashion-mnist", path=folder)
+    check_loaded(loaded, tiny)
+
+
+def test_load_fashion_mnist_missing_says_what_to_fetch(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Fashion-MNIST was not found"):
+        datasets.load("fashion-mnist", path=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["mnist", "Spiral", "", None])
+def test_load_unknown_dataset_lists_the_known(name):
+    with pytest.raises(ValueError, match="unknown dataset.*spiral, vertical, sine, fashion-mnist"):
+        datasets.load(name)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, None])
+def test_load_bad_seed_raises(seed):
+    with pytest.raises(ValueError, match="seed"):
+        datasets.load("spiral", seed=seed)
+
+
+# --- digits and split ---------------------------------------------------------------------------
+
+
+def test_digits_scaled_to_minus_one_one():
+    pytest.importorskip("sklearn")
+    X, y = datasets.digits()
+    assert X.shape == (1797, 64) and X.dtype == np.float32
+    assert y.shape == (1797,) and y.dtype == np.uint8
+    assert X.min() == -1.0 and X.max() == 1.0  # pixels 0..16
+    assert set(np.unique(y)) == set(range(10))
+
+
+def test_digits_backend_argument(backend):
+    pytest.importorskip("sklearn")
+    X, y = datasets.digits(backend=backend)
+    assert library_of(X) == backend.name and X.dtype == backend.dtype
+    assert np.array_equal(pn.to_numpy(y), datasets.digits()[1])
+
+
+def test_load_digits_splits_four_to_one_by_seed():
+    pytest.importorskip("sklearn")
+    X_all, y_all = datasets.digits()
+    X, y, X_test, y_test = datasets.load("digits")
+    assert (len(X), len(X_test)) == (1437, 360)
+    order = np.random.RandomState(0).permutation(1797)  # what portnn train has always used
+    assert np.array_equal(X, X_all[order[:1437]]) and np.array_equal(y_test, y_all[order[1437:]])
+    other = datasets.load("digits", seed=1)
+    assert not np.array_equal(X_test, other[2])
+
+
+def test_digits_without_scikit_learn_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match="pip install scikit-learn"):
+        datasets.load("digits")
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "n_test"), [(10, 0.2, 2), (1797, 0.2, 360), (30, 0.1, 3)]
+)
+def test_split_keeps_every_sample_once(n, fraction, n_test):
+    X = np.arange(2 * n).reshape(n, 2)
+    y = np.arange(n)
+    X_train, y_train, X_test, y_test = datasets.split(X, y, fraction, seed=3)
+    assert len(X_test) == len(y_test) == n_test and len(X_train) == n - n_test
+    assert np.array_equal(X_train[:, 0] // 2, y_train) and np.array_equal(X_test[:, 0] // 2, y_test)
+    assert sorted(np.concatenate([y_train, y_test])) == list(range(n))
+    again = datasets.split(X, y, fraction, seed=3)
+    assert np.array_equal(again[3], y_test)
+    assert not np.array_equal(datasets.split(X, y, fraction, seed=4)[3], y_test)
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "fraction", "match"),
+    [
+        (np.zeros((5, 2)), np.zeros(4), 0.2, "as many"),
+        (np.float32(1), np.zeros(1), 0.2, "one sample per row"),
+        (np.zeros((5, 2)), np.zeros(5), 0.0, "test_fraction"),
+        (np.zeros((5, 2)), np.zeros(5), 1.0, "test_fraction"),
+        (np.zeros((5, 2)), np.zeros(5), 0.9, "both need at least one"),
+        (np.zeros((1, 2)), np.zeros(1), 0.5, "both need at least one"),
+    ],
+)
+def test_split_rejects_what_it_cannot_split(X, y, fraction, match):
+    with pytest.raises(ValueError, match=match):
+        datasets.split(X, y, fraction)
+
+
+# --- one image file as a Fashion-MNIST sample (the book's chapter 22) ---------------------------
+
+
+def test_image_is_scaled_as_the_training_data(tmp_path, tiny):
+    # The same picture read by the loader (from the book's PNG folders) and by
+    # fashion_mnist_image gives the same 784 values; inverted, their negatives.
+    folder = write_png(tmp_path, tiny)
+    X, y, _, _ = datasets.fashion_mnist(folder)
+    file = sorted((folder / "train" / str(y[0])).glob("*.png"))[0]
+    sample = datasets.fashion_mnist_image(file, invert=False)
+    assert sample.shape == (1, 784) and sample.dtype == np.float32
+    np.testing.assert_array_equal(sample[0], X[0])
+    np.testing.assert_array_equal(datasets.fashion_mnist_image(file), -X[:1])
+
+
+def test_image_of_any_size_and_mode_becomes_28x28_grey(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    pixels = np.full((56, 84, 3), 255, dtype=np.uint8)
+    pixels[:28] = 0  # dark top half on white: inverted, a bright top half
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    sample = datasets.fashion_mnist_image(tmp_path / "photo.png").reshape(28, 28)
+    np.testing.assert_array_equal(sample[:13], 1.0)
+    np.testing.assert_array_equal(sample[15:], -1.0)
+
+
+def test_image_errors_name_the_file(tmp_path, monkeypatch):
+    pytest.importorskip("PIL.Image")
+    with pytest.raises(FileNotFoundError, match="nope.png: no such image file"):
+        datasets.fashion_mnist_image(tmp_path / "nope.png")
+    (tmp_path / "notes.png").write_text("not a picture")
+    with pytest.raises(ValueError, match="notes.png: not a readable image"):
+        datasets.fashion_mnist_image(tmp_path / "notes.png")
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"pip install 'portnn\[images\]'"):
+        datasets.fashion_mnist_image(tmp_path / "notes.png")

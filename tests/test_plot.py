@@ -2,6 +2,7 @@
 
 import sys
 
+import numpy as np
 import pytest
 
 import portnn as pn
@@ -74,8 +75,46 @@ def test_decision_regions_of_backend_arrays_and_a_callable(backend, tmp_path):
     model, X, y, _ = spiral_model(backend)
     Xb, yb = backend.asarray(X), backend.asarray(y)
     path = tmp_path / "callable.png"
-    plot_decision_regions(model.predict, Xb, yb, path, resolution=40)
+    plot_decision_regions(model.predict_classes, Xb, yb, path, resolution=40)
     assert_png(path)
+
+
+class Classes:
+    """A model stand-in whose predict_classes is all the plot may ask: class 1 right of x = 0."""
+
+    def __init__(self, column=False, floats=False):
+        self.column, self.floats, self.calls = column, floats, 0
+
+    def predict_classes(self, points):
+        self.calls += 1
+        classes = (np.asarray(pn.to_numpy(points))[:, 0] > 0).astype(int)
+        classes = classes.astype(np.float32) if self.floats else classes
+        return classes.reshape(-1, 1) if self.column else classes
+
+    def predict(self, points):
+        raise AssertionError("the plot recomputed classes from the outputs")
+
+
+@pytest.mark.parametrize(("column", "floats"), [(False, False), (True, False), (False, True)])
+def test_decision_regions_color_by_predict_classes(tmp_path, column, floats):
+    X, y = pn.datasets.spiral(20, 2)
+    model = Classes(column, floats)
+    plot_decision_regions(model, X, y, tmp_path / "classes.png", resolution=20)
+    assert model.calls == 1
+    assert_png(tmp_path / "classes.png")
+
+
+@pytest.mark.parametrize("which", ["probabilities", "regression", "negative"])
+def test_decision_regions_refuse_outputs_that_are_not_classes(backend, tmp_path, which):
+    model, X, y, _ = spiral_model(backend, epochs=1)
+    predict = {
+        "probabilities": model.predict,  # (N, 3) softmax outputs, not classes
+        "regression": lambda p: np.asarray(pn.to_numpy(p))[:, :1] * 0.5,
+        "negative": lambda p: -np.ones(p.shape[0], dtype=int),
+    }[which]
+    with pytest.raises(ValueError, match="one class index per point.*predict_classes"):
+        plot_decision_regions(predict, X, y, tmp_path / "regions.png", resolution=10)
+    assert not list(tmp_path.iterdir())
 
 
 def test_decision_regions_reject_bad_input(backend, tmp_path):

@@ -1,4 +1,5 @@
-"""Datasets: the book's synthetic data (spiral, vertical, sine) and Fashion-MNIST.
+"""Datasets: the book's synthetic data (spiral, vertical, sine), Fashion-MNIST and
+scikit-learn's digits; ``load(name)`` gives any of them split for training and testing.
 
 Each returns NumPy arrays, or the arrays of ``backend`` when given. Random data is drawn from
 ``seed`` when given, else from portnn's host generator (``portnn.seed`` makes it repeatable).
@@ -6,26 +7,37 @@ Each returns NumPy arrays, or the arrays of ``backend`` when given. Random data 
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Any
 
 import numpy as np
 
 from .. import random
-from .._checks import integer
+from .._checks import integer, real
 from ..backend import Backend, get_backend
 from .fashion import CLASS_NAMES as FASHION_MNIST_CLASSES
 from .fashion import default_data_dir, fashion_mnist
 from .fashion import download as download_fashion_mnist
+from .images import fashion_mnist_image
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "NAMES",
     "default_data_dir",
+    "digits",
     "download_fashion_mnist",
     "fashion_mnist",
+    "fashion_mnist_image",
+    "load",
     "sine",
     "spiral",
+    "split",
     "vertical",
 ]
+
+# What load() knows, in the order the CLI lists them.
+NAMES = ("spiral", "vertical", "sine", "fashion-mnist", "digits")
 
 
 def _rng(seed: int | None) -> np.random.RandomState:
@@ -100,3 +112,82 @@ def sine(samples: int = 1000, *, backend: str | Backend | None = None) -> tuple[
     X = (np.arange(samples, dtype=np.float64) / samples).reshape(-1, 1)
     y = np.sin(2 * np.pi * X)
     return _out(X.astype(np.float32), y.astype(np.float32), backend)
+
+
+def digits(*, backend: str | Backend | None = None) -> tuple[Any, Any]:
+    """scikit-learn's bundled handwritten digits: 1,797 8x8 images of the digits 0-9.
+
+    Returns X float32 ``(1797, 64)``, the pixels' 0..16 scaled to ``[-1, 1]`` as
+    ``(x - 8) / 8``, and labels uint8 ``(1797,)``, in scikit-learn's order. Needs scikit-learn
+    (``pip install scikit-learn``), which ships the data, so nothing is downloaded.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise ImportError(
+            "the digits dataset comes from scikit-learn, which is not installed here; "
+            "install it with: pip install scikit-learn"
+        ) from exc
+    data = load_digits()
+    X = (data.data.astype(np.float32) - 8.0) / 8.0
+    return _out(X, data.target.astype(np.uint8), backend)
+
+
+def split(
+    X: Any, y: Any, test_fraction: float = 0.2, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle (X, y) and split it as ``(X, y, X_test, y_test)``, the order ``load`` returns.
+
+    The test part holds ``ceil(test_fraction * N)`` samples (as scikit-learn's
+    ``train_test_split``), drawn by ``np.random.RandomState(seed).permutation``; the same seed
+    gives the same split. Takes and returns NumPy arrays.
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim == 0 or y.ndim == 0 or len(X) != len(y):
+        raise ValueError(
+            f"X and y must hold one sample per row, as many of each; got shapes {X.shape} "
+            f"and {y.shape}"
+        )
+    fraction = real("test_fraction", test_fraction, 0.0, 1.0, low_open=True, high_open=True)
+    seed = integer("seed", seed, 0)
+    n = len(X)
+    n_test = math.ceil(round(fraction * n, 9))  # round first: 0.1 * 30 is 3.0000000000000004
+    if not 0 < n_test < n:
+        raise ValueError(
+            f"test_fraction {fraction:g} of {n} samples leaves {n - n_test} to train on and "
+            f"{n_test} to test; both need at least one"
+        )
+    order = np.random.RandomState(seed).permutation(n)
+    train, test = order[: n - n_test], order[n - n_test :]
+    return X[train], y[train], X[test], y[test]
+
+
+def load(
+    name: str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The dataset ``name`` (one of ``NAMES``) as NumPy ``(X, y, X_test, y_test)``, as
+    ``portnn train`` and ``portnn evaluate`` use it.
+
+    - ``spiral``, ``vertical``: 100 samples of 3 classes each. The training data are drawn
+      from portnn's host generator, so ``portnn.seed(0)`` first gives the book's own data (and
+      the book's initial weights after it); the test data from ``seed + 1``.
+    - ``sine``: the book's 1,000 points; there is no test split (``X_test``, ``y_test`` None).
+    - ``fashion-mnist``: ``fashion_mnist(path, download)``, its own 60,000/10,000 split.
+    - ``digits``: ``digits()`` split by ``split(X, y, 0.2, seed=seed)``: 1,437 and 360.
+    """
+    seed = integer("seed", seed, 0)
+    if name in ("spiral", "vertical"):
+        make = spiral if name == "spiral" else vertical
+        X, y = make(100, 3)
+        return (X, y, *make(100, 3, seed=seed + 1))
+    if name == "sine":
+        return (*sine(1000), None, None)
+    if name == "fashion-mnist":
+        return fashion_mnist(path, download=download)
+    if name == "digits":
+        return split(*digits(), 0.2, seed=seed)
+    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(NAMES)}")

@@ -1,0 +1,203 @@
+"""The book's networks, one per dataset: what ``portnn train DATASET`` trains, and what the
+benchmarks time, so both build the same model from the same numbers.
+
+A recipe holds the layer sizes (inputs, hidden width and depth, outputs), the loss, Adam's
+settings, the epochs, the batch size and how often to print progress::
+
+    from portnn import datasets, recipes
+
+    X, y, X_test, y_test = datasets.load("fashion-mnist", download=True)
+    recipe = recipes.get("fashion-mnist")
+    model = recipes.build("fashion-mnist")      # 784-128-128-10, ReLU, Softmax, Adam(1e-3)
+    model.train(X, y, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                validation_data=(X_test, y_test), print_every=recipe.print_every())
+
+The settings are the book's where the book trains that dataset (spiral: chapter 10, sine:
+chapter 17, Fashion-MNIST: chapter 19); vertical and digits borrow those networks, sized to
+train in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._checks import integer
+from .activations import Linear, ReLU, Softmax
+from .layers import Dense, Layer
+from .losses import CategoricalCrossentropy, Loss, MeanSquaredError
+from .metrics import Accuracy, CategoricalAccuracy, RegressionAccuracy
+from .model import Model
+from .optimizers import Adam
+
+__all__ = ["RECIPES", "Recipe", "build", "get"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One dataset's network and training settings.
+
+    The network is ``n_inputs -> hidden x hidden_layers -> n_outputs``: Dense layers with ReLU
+    between them, weights drawn as ``weight_scale * standard_normal``. A classifier ends in
+    Softmax with categorical cross-entropy; a regression (``regression=True``) in Linear with
+    mean squared error. The optimizer is ``Adam(learning_rate, decay)``. ``batch_size`` None
+    trains on the whole data per step; ``validate`` evaluates the test split every epoch
+    (else only at the end).
+    """
+
+    about: str
+    n_inputs: int
+    n_outputs: int
+    regression: bool
+    epochs: int
+    batch_size: int | None
+    learning_rate: float
+    decay: float
+    hidden: int
+    hidden_layers: int
+    weight_scale: float = 0.01
+    validate: bool = False
+
+    @property
+    def settings(self) -> str:
+        """The training defaults in a few words: ``10 epochs, batch 128, lr 0.001, hidden 128``."""
+        batches = "full batch" if self.batch_size is None else f"batch {self.batch_size}"
+        return f"{self.epochs} epochs, {batches}, lr {self.learning_rate}, hidden {self.hidden}"
+
+    def sizes(self, n_inputs: int | None = None, hidden: int | None = None) -> tuple[int, ...]:
+        """The Dense layers' sizes, inputs first: ``(784, 128, 128, 10)`` for Fashion-MNIST."""
+        n_inputs = self.n_inputs if n_inputs is None else integer("n_inputs", n_inputs)
+        hidden = self.hidden if hidden is None else integer("hidden", hidden)
+        return (n_inputs, *[hidden] * self.hidden_layers, self.n_outputs)
+
+    def loss(self) -> Loss:
+        """A new instance of the recipe's loss."""
+        return MeanSquaredError() if self.regression else CategoricalCrossentropy()
+
+    def accuracy(self) -> Accuracy:
+        """A new instance of the recipe's accuracy (the book's for that kind of output)."""
+        return RegressionAccuracy() if self.regression else CategoricalAccuracy()
+
+    def print_every(self, epochs: int | None = None) -> int:
+        """Epochs between progress lines: a tenth of ``epochs`` (default the recipe's), at
+        least 1, so a run prints about ten."""
+        epochs = self.epochs if epochs is None else integer("epochs", epochs)
+        return max(1, epochs // 10)
+
+    def build(
+        self,
+        n_inputs: int | None = None,
+        n_outputs: int | None = None,
+        *,
+        hidden: int | None = None,
+        learning_rate: float | None = None,
+    ) -> Model:
+        """The recipe's model, with its loss, optimizer and accuracy set, on the current backend.
+
+        ``n_inputs``, ``n_outputs``, ``hidden`` and ``learning_rate`` default to the recipe's;
+        give them to fit other data or to try another width or rate.
+        """
+        *sizes, last = self.sizes(n_inputs, hidden)
+        if n_outputs is not None:
+            last = integer("n_outputs", n_outputs)
+        lr = self.learning_rate if learning_rate is None else learning_rate  # Adam checks it
+        layers: list[Layer] = []
+        for a, b in zip(sizes, sizes[1:], strict=False):
+            layers += [Dense(a, b, weight_scale=self.weight_scale), ReLU()]
+        layers.append(Dense(sizes[-1], last, weight_scale=self.weight_scale))
+        layers.append(Linear() if self.regression else Softmax())
+        model = Model(layers)
+        model.set(
+            loss=self.loss(),
+            optimizer=Adam(learning_rate=lr, decay=self.decay),
+            accuracy=self.accuracy(),
+        )
+        return model
+
+
+RECIPES: dict[str, Recipe] = {
+    "spiral": Recipe(
+        "the book's chapter 10 run: spiral(100, 3), Adam(0.05, decay 5e-7)",
+        n_inputs=2,
+        n_outputs=3,
+        regression=False,
+        epochs=10001,
+        batch_size=None,
+        learning_rate=0.05,
+        decay=5e-7,
+        hidden=64,
+        hidden_layers=1,
+    ),
+    "vertical": Recipe(
+        "vertical(100, 3) with the chapter 10 network",
+        n_inputs=2,
+        n_outputs=3,
+        regression=False,
+        epochs=1001,
+        batch_size=None,
+        learning_rate=0.05,
+        decay=5e-7,
+        hidden=64,
+        hidden_layers=1,
+    ),
+    "sine": Recipe(
+        "the book's chapter 17 regression: sine_data(), Adam(0.005, decay 1e-3)",
+        n_inputs=1,
+        n_outputs=1,
+        regression=True,
+        epochs=10001,
+        batch_size=None,
+        learning_rate=0.005,
+        decay=1e-3,
+        hidden=64,
+        hidden_layers=2,
+        weight_scale=0.1,
+    ),
+    "fashion-mnist": Recipe(
+        "the book's chapter 19 run: Fashion-MNIST, Adam(decay 1e-3), batches of 128",
+        n_inputs=784,
+        n_outputs=10,
+        regression=False,
+        epochs=10,
+        batch_size=128,
+        learning_rate=0.001,
+        decay=1e-3,
+        hidden=128,
+        hidden_layers=2,
+        validate=True,
+    ),
+    "digits": Recipe(
+        "scikit-learn's 8x8 digits with the chapter 19 network, Adam(decay 1e-3)",
+        n_inputs=64,
+        n_outputs=10,
+        regression=False,
+        epochs=30,
+        batch_size=32,
+        learning_rate=0.005,
+        decay=1e-3,
+        hidden=128,
+        hidden_layers=1,
+        validate=True,
+    ),
+}
+
+
+def get(name: str) -> Recipe:
+    """The recipe for the dataset ``name`` (one of ``RECIPES``)."""
+    try:
+        return RECIPES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"no recipe for dataset {name!r}; choose from {', '.join(RECIPES)}"
+        ) from None
+
+
+def build(
+    name: str,
+    n_inputs: int | None = None,
+    n_outputs: int | None = None,
+    *,
+    hidden: int | None = None,
+    learning_rate: float | None = None,
+) -> Model:
+    """The book's model for the dataset ``name``, ready to train: ``get(name).build(...)``."""
+    return get(name).build(n_inputs, n_outputs, hidden=hidden, learning_rate=learning_rate)
