@@ -1,7 +1,7 @@
 """portnn: the network of *Neural Networks from Scratch in Python*, written once against
 the Python Array API standard, training on NumPy, CuPy, PyTorch and array-api-strict."""
 
-from . import datasets, random
+from . import datasets, random, recipes, schedules
 from .activations import LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
 from .backend import (
     Backend,
@@ -62,6 +62,8 @@ __all__ = [
     "datasets",
     "get_backend",
     "random",
+    "recipes",
+    "schedules",
     "seed",
     "set_backend",
     "to_backend",
