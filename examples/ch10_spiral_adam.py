@@ -67,5 +67,5 @@ for epoch in range(args.epochs):
 if args.plot:
     from portnn.plot import plot_decision_regions
 
-    network = pn.Model([dense1, activation1, dense2])  # the trained layers, to predict the plane
+    network = pn.Model([dense1, activation1, dense2, pn.Softmax()])  # the trained layers
     print("saved", plot_decision_regions(network, X, y, args.plot, title="chapter 10"))

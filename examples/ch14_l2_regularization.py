@@ -82,5 +82,5 @@ print(f"validation, acc: {acc:.3f}, loss: {loss:.3f}")
 if args.plot:
     from portnn.plot import plot_decision_regions
 
-    network = pn.Model([dense1, activation1, dense2])  # the trained layers, to predict the plane
+    network = pn.Model([dense1, activation1, dense2, pn.Softmax()])  # the trained layers
     print("saved", plot_decision_regions(network, X_test, y_test, args.plot, title="chapter 14"))

@@ -90,5 +90,5 @@ print(f"validation, acc: {acc:.3f}, loss: {loss:.3f}")
 if args.plot:
     from portnn.plot import plot_decision_regions
 
-    network = pn.Model([dense1, activation1, dropout1, dense2])  # predicts without dropout
+    network = pn.Model([dense1, activation1, dropout1, dense2, pn.Softmax()])  # no dropout
     print("saved", plot_decision_regions(network, X_test, y_test, args.plot, title="chapter 15"))

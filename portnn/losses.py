@@ -11,6 +11,7 @@ from ._xp import all_finite, array_namespace, is_kind, one_hot, pick
 from .activations import Softmax
 from .backend import to_numpy
 from .layers import Layer
+from .metrics import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
 
 EPS = 1e-7
 
@@ -67,6 +68,25 @@ class Loss:
     def fused_backward(self, output: Any, y_true: Any) -> Any:
         """The gradient of the mean loss with respect to the fused activation's inputs."""
         raise NotImplementedError(f"{type(self).__name__} fuses with no activation")
+
+    def fusion_refused(self, output_layer: Layer) -> str:
+        """Why a model ending in ``output_layer`` cannot use this loss that ``needs_fusion``."""
+        name, act = type(self).__name__, self.fused_activation
+        if act is None:
+            return (
+                f"{name} changes the math of a loss whose backward gives the gradient of the "
+                "logits, and declares no fused_activation; declare fused_activation (and "
+                "fused_backward) on it, or subclass CategoricalCrossentropy instead"
+            )
+        return (
+            f"{name} needs the model to end in a plain pn.{act.__name__}() to fuse with, but "
+            f"it ends in {output_layer!r}; end the model with pn.{act.__name__}() "
+            "(CategoricalCrossentropy then fuses automatically)"
+        )
+
+    def default_accuracy(self) -> Accuracy:
+        """The accuracy a Model reports with this loss when none is set."""
+        return RegressionAccuracy()
 
     def __init__(self) -> None:
         self.trainable_layers: list[Layer] = []
@@ -157,6 +177,9 @@ class CategoricalCrossentropy(Loss):
 
     fused_activation = Softmax
 
+    def default_accuracy(self) -> Accuracy:
+        return CategoricalAccuracy()
+
     def check_targets(self, y_true: Any, n_samples: int, n_outputs: int, values: bool = True):
         xp = array_namespace(y_true)
         if y_true.ndim == 1:
@@ -226,6 +249,9 @@ def _check_probability_rows(y_true: Any, who: str) -> None:
 class BinaryCrossentropy(Loss):
     """Binary cross-entropy: ``mean(-(y log p + (1 - y) log(1 - p)))`` over outputs, p clipped;
     backward ``-(y / p - (1 - y) / (1 - p)) / outputs / N``. Targets: 0/1, the outputs' shape."""
+
+    def default_accuracy(self) -> Accuracy:
+        return BinaryAccuracy()
 
     def check_targets(self, y_true: Any, n_samples: int, n_outputs: int, values: bool = True):
         super().check_targets(y_true, n_samples, n_outputs, values)

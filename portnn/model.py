@@ -12,13 +12,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._checks import integer
-from ._xp import all_finite, is_kind, quiet_float_errors
-from .backend import Backend, backend_of, get_backend
+from ._inputs import prepare, prepare_x
+from ._xp import quiet_float_errors
+from .backend import Backend, backend_of, common_backend, get_backend
 from .layers import Dense, Layer
-from .losses import BinaryCrossentropy, CategoricalCrossentropy, Loss
-from .metrics import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
+from .losses import Loss
+from .metrics import Accuracy
 from .optimizers import Optimizer
-from .training import HISTORY_KEYS, MAX_PENDING, Run, as_float
+from .training import HISTORY_KEYS, MAX_PENDING, Run, as_float, batches, evaluate_device
 
 __all__ = ["HISTORY_KEYS", "MAX_PENDING", "Model"]
 
@@ -76,7 +77,13 @@ class Model:
                     f"Dense takes {b.n_inputs} inputs"
                 )
         self.trainable_layers = [layer for layer in self.layers if layer.param_names]
-        self._check_one_backend()
+        common_backend(
+            {
+                f"layer {i} ({la!r})": getattr(la, n)
+                for i, la in enumerate(self.layers)
+                for n in la.param_names
+            }
+        )
         for layer in dense:
             layer.compute_dinputs = layer is not self.layers[0]
         self.output_layer = self.layers[-1]
@@ -86,28 +93,13 @@ class Model:
             loss is not None and len(self.layers) > 1 and loss.fuses_with(self.output_layer)
         )
         if loss is not None and loss.needs_fusion and not self._fused:
-            raise ValueError(_fusion_refused(loss, self.output_layer))
+            raise ValueError(loss.fusion_refused(self.output_layer))
         if self.loss is not None:
             self.loss.remember_trainable_layers(self.trainable_layers)
             if self.accuracy is None:
-                self.accuracy = _default_accuracy(self.loss)
+                self.accuracy = self.loss.default_accuracy()
         self._finalized = True
         return self
-
-    def _check_one_backend(self) -> None:
-        """Every parameter on one backend, device and dtype: mixing them either fails deep in
-        a product or silently promotes the whole model to float64."""
-        found = {}
-        for i, layer in enumerate(self.layers):
-            for name in layer.param_names:
-                found.setdefault(backend_of(getattr(layer, name)), f"layer {i} ({layer!r})")
-        if len(found) > 1:
-            listed = "; ".join(f"{where} is on {b}" for b, where in found.items())
-            raise ValueError(
-                f"the model's parameters live on different backends or dtypes: {listed}. "
-                "Build every layer on one backend (pn.use_backend), or move the model with "
-                "model.to(backend, dtype)"
-            )
 
     @property
     def backend(self) -> Backend:
@@ -139,51 +131,6 @@ class Model:
         return f"Model([\n    {inner}\n], loss={self.loss!r}, optimizer={self.optimizer!r})"
 
     # --- data -------------------------------------------------------------------------------
-    def _prepare_x(self, X: Any) -> Any:
-        b = self.backend
-        original, X = X, b.asarray(X)
-        xp = b.xp
-        if not xp.isdtype(X.dtype, "real floating"):
-            X = xp.astype(X, b.dtype)
-        width = self.n_inputs
-        if X.ndim != 2:
-            raise ValueError(
-                f"X must be 2-D (samples, features), got shape {tuple(X.shape)}; "
-                "flatten each sample, e.g. X.reshape(len(X), -1)"
-            )
-        if width is not None and X.shape[1] != width:
-            raise ValueError(
-                f"X has {X.shape[1]} features per sample but the first layer takes {width}"
-            )
-        if X.shape[0] == 0:
-            raise ValueError("X has no samples")
-        if not all_finite(X):
-            if all_finite(b.asarray(original, dtype="float64")):
-                raise ValueError(
-                    f"X has values beyond the range of {b.dtype_name}, which become infinite "
-                    "in it; rescale the data, or compute in float64 "
-                    "(pn.use_backend(..., dtype='float64'), model.to(backend, 'float64'))"
-                )
-            raise ValueError("X contains NaN or infinite values; clean or impute them first")
-        return X
-
-    def _prepare(self, X: Any, y: Any) -> tuple[Any, Any]:
-        X = self._prepare_x(X)
-        b = self.backend
-        y = b.asarray(y)
-        if y.ndim == 0 or y.shape[0] != X.shape[0]:
-            raise ValueError(
-                f"X and y have different lengths: {X.shape[0]} samples, "
-                f"{y.shape[0] if y.ndim else 'a scalar'} targets"
-            )
-        n_outputs = self.n_outputs or X.shape[1]
-        self.loss.check_targets(y, X.shape[0], n_outputs)
-        if is_kind(y, "integral") and y.ndim == 1:
-            y = b.xp.astype(y, b.xp.int64)  # once per call, not per batch
-        elif not b.xp.isdtype(y.dtype, "real floating"):
-            y = b.xp.astype(y, b.dtype)
-        return X, y
-
     def _require(self, *names: str) -> None:
         if not self._finalized:
             self.finalize()
@@ -210,31 +157,10 @@ class Model:
         for layer in reversed(layers):
             dvalues = layer.backward(dvalues)
 
-    def _figures(self, output: Any, y: Any) -> tuple[Any, Any]:
-        """A batch's per-sample losses and its comparisons (True: a correct prediction)."""
-        return self.loss._forward(output, y), self.accuracy.compare(self._predictions(output), y)
-
-    def _means(self, figures: list[tuple[Any, Any]]) -> tuple[Any, Any]:
-        """The mean loss and the accuracy of a pass from its batches' figures, on the device.
-        One reduction each per pass: a reduction and a sum per batch cost 10 us a batch."""
-        xp = self.backend.xp
-        losses = xp.concat([loss for loss, _ in figures])
-        hits = xp.concat([xp.reshape(comparisons, (-1,)) for _, comparisons in figures])
-        return xp.mean(losses), xp.mean(xp.astype(hits, losses.dtype))
-
     def _predictions(self, output: Any) -> Any:
         predictions = getattr(self.output_layer, "predictions", None)
         return output if predictions is None else predictions(output)
 
-    def _batches(self, n: int, batch_size: int | None) -> list[slice]:
-        size = n if batch_size is None else min(batch_size, n)
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-    def _evaluate_device(self, X: Any, y: Any, batch_size: int | None) -> tuple[Any, Any]:
-        batches = self._batches(X.shape[0], batch_size)
-        return self._means([self._figures(self.forward(X[s, ...]), y[s, ...]) for s in batches])
-
-    # --- the public loop --------------------------------------------------------------------
     def train(
         self,
         X: Any,
@@ -275,18 +201,18 @@ class Model:
         """Mean data loss and accuracy over (X, y), as floats."""
         self._require("loss")
         batch_size = integer("batch_size", batch_size, allow_none=True)
-        X, y = self._prepare(X, y)
+        X, y = prepare(self, X, y)
         self.accuracy.init(y)
         with quiet_float_errors(X):
-            loss, accuracy = self._evaluate_device(X, y, batch_size)
+            loss, accuracy = evaluate_device(self, X, y, batch_size)
         return as_float(loss), as_float(accuracy)
 
     def predict(self, X: Any, *, batch_size: int | None = None) -> Any:
         """The output layer's outputs for X, stacked, on the model's backend."""
         self._require()
         batch_size = integer("batch_size", batch_size, allow_none=True)
-        X = self._prepare_x(X)
-        outputs = [self.forward(X[s, ...]) for s in self._batches(X.shape[0], batch_size)]
+        X = prepare_x(self, X)
+        outputs = [self.forward(X[s, ...]) for s in batches(X.shape[0], batch_size)]
         return outputs[0] if len(outputs) == 1 else self.backend.xp.concat(outputs, axis=0)
 
     def predict_classes(self, X: Any, *, batch_size: int | None = None) -> Any:
@@ -415,26 +341,3 @@ class Model:
         from . import io
 
         return io.load_model(path, backend)
-
-
-def _fusion_refused(loss: Loss, output_layer: Layer) -> str:
-    name, act = type(loss).__name__, loss.fused_activation
-    if act is None:
-        return (
-            f"{name} changes the math of a loss whose backward gives the gradient of the "
-            "logits, and declares no fused_activation; declare fused_activation (and "
-            "fused_backward) on it, or subclass CategoricalCrossentropy instead"
-        )
-    return (
-        f"{name} needs the model to end in a plain pn.{act.__name__}() to fuse with, but it "
-        f"ends in {output_layer!r}; end the model with pn.{act.__name__}() "
-        "(CategoricalCrossentropy then fuses automatically)"
-    )
-
-
-def _default_accuracy(loss: Loss) -> Accuracy:
-    if isinstance(loss, CategoricalCrossentropy):
-        return CategoricalAccuracy()
-    if isinstance(loss, BinaryCrossentropy):
-        return BinaryAccuracy()
-    return RegressionAccuracy()

@@ -63,6 +63,7 @@ import numpy as np
 
 from . import datasets
 from . import random as _random
+from ._inputs import prepare
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, get_backend
 from .layers import Dense, Dropout, Input
@@ -185,7 +186,7 @@ class Model(_Model):
         if print_every is not None and not (isinstance(print_every, int) and print_every >= 0):
             raise ValueError(f"print_every must be an integer >= 0 or None, got {print_every!r}")
         say = print if print_every else _silent
-        X, y = self._prepare(X, y)
+        X, y = prepare(self, X, y)
         self.accuracy.init(y)
         chapter_18 = batch_size is None
         size = X.shape[0] if chapter_18 else batch_size

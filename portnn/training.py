@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from . import random
 from ._checks import integer
+from ._inputs import prepare
 from ._xp import all_finite, quiet_float_errors
 
 if TYPE_CHECKING:
@@ -61,12 +62,12 @@ class Run:
         self.epochs = integer("epochs", epochs)
         batch_size = integer("batch_size", batch_size, allow_none=True)
         self.print_every = integer("print_every", print_every, 0, allow_none=True)
-        self.X, self.y = model._prepare(X, y)
+        self.X, self.y = prepare(model, X, y)
         self.val = None
         if validation_data is not None:
-            self.val = (*model._prepare(*_pair(validation_data)), batch_size)
+            self.val = (*prepare(model, *_pair(validation_data)), batch_size)
         model.accuracy.init(self.y)
-        self.batches = model._batches(self.X.shape[0], batch_size)
+        self.batches = batches(self.X.shape[0], batch_size)
         self.shuffle = shuffle and len(self.batches) > 1
         if progress is None:
             progress = bool(self.print_every) and sys.stderr.isatty() and "CI" not in os.environ
@@ -106,20 +107,20 @@ class Run:
         # Each batch is gathered by its slice of a device permutation: no shuffled copy of
         # the whole data set is made (nor kept alive by a layer's inputs).
         order = random.permutation(X.shape[0], b) if self.shuffle else None
-        figures, reg = [], 0.0
+        epoch_figures, reg = [], 0.0
         for i, s in enumerate(self.batches):
             if order is None:
                 xb, yb = X[s, ...], y[s, ...]
             else:
                 xb, yb = xp.take(X, order[s], axis=0), xp.take(y, order[s], axis=0)
             output = model.forward(xb, training=True)
-            figures.append(model._figures(output, yb))
+            epoch_figures.append(figures(model, output, yb))
             if i == len(self.batches) - 1:
                 reg = model.loss.regularization_total()  # the book reports the last batch's
             model.backward(output, yb)
             model.optimizer.step(model.trainable_layers)
             self.bar.update()
-        data_loss, accuracy = model._means(figures)
+        data_loss, accuracy = means(model, epoch_figures)
         record = {
             "epoch": epoch,
             "data_loss": data_loss,
@@ -129,7 +130,7 @@ class Run:
             "start": start,
         }
         if self.val is not None:
-            record["val_loss"], record["val_accuracy"] = model._evaluate_device(*self.val)
+            record["val_loss"], record["val_accuracy"] = evaluate_device(model, *self.val)
         return record
 
     def _flush(self) -> None:
@@ -162,6 +163,37 @@ class Run:
         )
         error.history = self.history  # the epochs that completed, for whoever catches this
         raise error
+
+
+def batches(n: int, batch_size: int | None) -> list[slice]:
+    """Consecutive slices of ``batch_size`` (None: one of all ``n``); the last may be short."""
+    size = n if batch_size is None else min(batch_size, n)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def figures(model: Model, output: Any, y: Any) -> tuple[Any, Any]:
+    """A batch's per-sample losses and its comparisons (True: a correct prediction)."""
+    return model.loss._forward(output, y), model.accuracy.compare(model._predictions(output), y)
+
+
+def means(model: Model, pass_figures: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """The mean loss and the accuracy of a pass from its batches' figures, on the device:
+    one reduction each per pass rather than one per batch."""
+    xp = model.backend.xp
+    losses = xp.concat([loss for loss, _ in pass_figures])
+    hits = xp.concat([xp.reshape(comparisons, (-1,)) for _, comparisons in pass_figures])
+    return xp.mean(losses), xp.mean(xp.astype(hits, losses.dtype))
+
+
+def evaluate_device(model: Model, X: Any, y: Any, batch_size: int | None) -> tuple[Any, Any]:
+    """Mean loss and accuracy over (X, y) in inference mode, left on the device."""
+    return means(
+        model,
+        [
+            figures(model, model.forward(X[s, ...]), y[s, ...])
+            for s in batches(X.shape[0], batch_size)
+        ],
+    )
 
 
 def as_float(value: Any) -> Any:

@@ -354,8 +354,9 @@ def test_float32_stays_float32(backend, kind, make_optimizer, batch):
             assert out.dtype == f32, type(layer).__name__
             assert tuple(out.shape)[0] == batch
         if fused:
-            value = loss.forward(out, y)
-            assert loss.output.dtype == f32
+            per_sample = loss.forward(out, y)
+            assert loss.output.dtype == f32 and per_sample.dtype == f32
+            value = loss.calculate(loss.output, y)
             d = loss.backward(loss.output, y)
         else:
             value, reg = loss.calculate(out, y, include_regularization=True)

@@ -34,6 +34,7 @@ __all__ = [
     "available_backends",
     "backend_class",
     "backend_of",
+    "common_backend",
     "get_backend",
     "library_of",
     "set_backend",
@@ -163,6 +164,23 @@ def backend_of(x: Any) -> Backend:
     cls = backend_class(x)
     float_dtype = dtype_name(x.dtype) if "float" in dtype_name(x.dtype) else None
     return _make(*_check(cls.name, float_dtype), cls.device_of(x))
+
+
+def common_backend(arrays: dict[str, Any]) -> Backend | None:
+    """The one backend (library, device and dtype) of ``arrays``, named by where each is; a
+    ValueError if they differ: mixing them fails deep in a product or silently promotes a
+    float32 model to float64."""
+    found: dict[Backend, str] = {}
+    for where, array in arrays.items():
+        found.setdefault(backend_of(array), where)
+    if len(found) > 1:
+        listed = "; ".join(f"{where} is on {b}" for b, where in found.items())
+        raise ValueError(
+            f"the model's parameters live on different backends or dtypes: {listed}. "
+            "Build every layer on one backend (pn.use_backend), or move the model with "
+            "model.to(backend, dtype)"
+        )
+    return next(iter(found), None)
 
 
 def to_numpy(x: Any) -> np.ndarray:
