@@ -68,36 +68,70 @@ def test_softmax_backward_equals_the_books_jacobian_loop(backend64):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-15)
 
 
+# (activation, its backward at x = 0 as a multiple of dvalues): the book's ReLU backward
+# zeroes dvalues where x <= 0, and LeakyReLU takes its alpha branch there.
+AT_ZERO = {"relu": (pn.ReLU, 0.0), "leaky_relu": (lambda: pn.LeakyReLU(alpha=0.2), 0.2)}
+
+
+@pytest.mark.parametrize(("make", "slope"), AT_ZERO.values(), ids=AT_ZERO.keys())
+def test_kinked_activations_at_exactly_zero(backend64, make, slope):
+    X = np.array([[0.0, 1.5, -0.0], [-2.0, 0.0, 0.25]])
+    zero = X == 0
+    R = np.array([[3.0, -1.0, 5.0], [2.0, -4.0, 7.0]])
+    layer = make()
+    out = pn.to_numpy(layer.forward(backend64.asarray(X)))
+    np.testing.assert_array_equal(out[zero], 0.0)
+    got = pn.to_numpy(layer.backward(backend64.asarray(R)))
+    np.testing.assert_array_equal(got[zero], slope * R[zero])
+    np.testing.assert_array_equal(got[X > 0], R[X > 0])
+    np.testing.assert_array_equal(got[X < 0], slope * R[X < 0])
+
+
+def _sigmoid64(x):
+    with np.errstate(over="ignore"):  # exp(1e30) is inf, and 1 / (1 + inf) the right 0
+        return 1 / (1 + np.exp(-x))
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e3, 1e30])
 def test_softmax_and_sigmoid_do_not_overflow(backend, scale):
     X = np.array([[1.0, -1.0, 0.5], [-2.0, 3.0, 0.0]]) * scale
     s = pn.to_numpy(pn.Softmax().forward(backend.asarray(X)))
-    np.testing.assert_allclose(s.sum(axis=1), 1, rtol=1e-6)
-    np.testing.assert_array_equal(s.argmax(axis=1), X.argmax(axis=1))
     g = pn.to_numpy(pn.Sigmoid().forward(backend.asarray(X)))
-    assert np.all(np.isfinite(g)) and np.all((g >= 0) & (g <= 1))
-    np.testing.assert_array_equal(g > 0.5, X > 0)
+    # Float64 references: at 1e3 and 1e30 every softmax row is one-hot and every sigmoid 0,
+    # 1/2 or 1, exactly (a NaN from inf / inf or exp overflow would fail these).
+    np.testing.assert_allclose(s, np_softmax(X), rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(g, _sigmoid64(X), rtol=1e-6, atol=1e-30)
+    if scale > 1:
+        np.testing.assert_array_equal(s, np.eye(3)[X.argmax(axis=1)])
+        np.testing.assert_array_equal(g, np.where(X > 0, 1.0, np.where(X < 0, 0.0, 0.5)))
+
+
+# Four rows of three: an argmax over the wrong axis gives three values, and a row's largest
+# entry is not its column's (row 3's 0.5 loses column 0 to row 1's 0.6). Row 3 also holds
+# 0.5, where Sigmoid's threshold is strict.
+OUTPUTS = np.array(
+    [[0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.05, 0.85], [0.5, 0.45, 0.05]], dtype=np.float32
+)
 
 
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
-        (pn.ReLU, lambda o: o),
-        (pn.Linear, lambda o: o),
-        (pn.Tanh, lambda o: o),
-        (pn.LeakyReLU, lambda o: o),
-        (pn.Softmax, lambda o: o.argmax(axis=1)),
-        (pn.Sigmoid, lambda o: (o > 0.5).astype(np.int64)),
+        (pn.ReLU, OUTPUTS),
+        (pn.Linear, OUTPUTS),
+        (pn.Tanh, OUTPUTS),
+        (pn.LeakyReLU, OUTPUTS),
+        (pn.Softmax, np.array([1, 0, 2, 0])),
+        (pn.Sigmoid, np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0]])),
     ],
 )
 def test_predictions(backend, make, expected):
-    outputs = np.array([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.5, 0.45, 0.05]], dtype=np.float32)
-    got = pn.to_numpy(make().predictions(backend.asarray(outputs)))
-    np.testing.assert_array_equal(got, expected(outputs))
-    assert got.dtype == expected(outputs).dtype
+    got = pn.to_numpy(make().predictions(backend.asarray(OUTPUTS)))
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == expected.dtype
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1, 1.5, "0.1", None])
 def test_leaky_relu_rejects_bad_alpha(alpha):
-    with pytest.raises(ValueError, match="alpha must be in"):
+    with pytest.raises(ValueError, match=r"alpha must be .*in \[0, 1\)"):
         pn.LeakyReLU(alpha=alpha)

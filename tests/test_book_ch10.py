@@ -9,6 +9,7 @@ does), so the data and the initial weights are the book's and the run lands on i
 
 import numpy as np
 import pytest
+from helpers import assert_grad, numeric_grad
 
 import portnn as pn
 
@@ -46,8 +47,9 @@ def chapter_10(backend, X, y):
         dense1.forward(X)
         activation1.forward(dense1.output)
         dense2.forward(activation1.output)
-        loss = loss_activation.forward(dense2.output, y)
+        sample_losses = loss_activation.forward(dense2.output, y)  # per sample, unlike the book
         if not epoch % 100:
+            loss = float(xp.mean(sample_losses))
             predictions = xp.argmax(loss_activation.output, axis=1)
             accuracy = float(np.mean(pn.to_numpy(predictions) == y_host))
             printed.append((epoch, accuracy, loss, optimizer.current_learning_rate))
@@ -96,3 +98,31 @@ def test_chapter_10(backend):
     # After the last (10,001st) update the rate has moved on by one step.
     assert optimizer.iterations == 10001
     assert optimizer.current_learning_rate == pytest.approx(0.05 / (1 + 5e-7 * 10000), rel=1e-12)
+
+
+def test_chapter_10_first_gradients_match_finite_differences(backend64):
+    # The run above trains with Adam, which a uniform scale of the gradient does not change (a
+    # backward that forgot its 1/N would pass it): here the book's first backward pass, on the
+    # book's data and initial weights, against finite differences of the book's mean loss.
+    # Of dense2 only: some of ReLU's 300 x 64 inputs lie within a finite-difference step of its
+    # kink (three sit on it: the samples at the origin), and dense2 does not move them.
+    pn.seed(0)
+    X, y = pn.datasets.spiral(100, 3)
+    X, y = backend64.asarray(X), backend64.asarray(y)
+    dense1, activation1, dense2 = pn.Dense(2, 64), pn.ReLU(), pn.Dense(64, 3)
+    loss_activation = pn.SoftmaxCategoricalCrossentropy()
+    hidden = activation1.forward(dense1.forward(X))
+    W, b = pn.to_numpy(dense2.weights), pn.to_numpy(dense2.biases)
+
+    def loss(W=W, b=b):
+        dense2.weights, dense2.biases = backend64.asarray(W), backend64.asarray(b)
+        return float(backend64.xp.mean(loss_activation.forward(dense2.forward(hidden), y)))
+
+    assert loss() == pytest.approx(np.log(3), abs=1e-3)  # 0.01-scale weights: uniform guesses
+    loss_activation.backward(loss_activation.output, y)
+    dense2.backward(loss_activation.dinputs)
+    # A step of 1e-5: the gradients are 1e-6 to 1e-4, the loss's rounding error over a step of
+    # 1e-6 would be 1e-10, and the biases' curvature over one of 1e-4 as much.
+    eps, tolerances = 1e-5, {"rtol": 1e-5, "atol": 1e-10}
+    assert_grad(dense2.dweights, numeric_grad(lambda w: loss(W=w), W, eps), **tolerances)
+    assert_grad(dense2.dbiases, numeric_grad(lambda v: loss(b=v), b, eps), **tolerances)

@@ -177,6 +177,21 @@ def test_dropout_gradient_with_a_fixed_mask(backend64, rate):
     assert_grad(dinputs, numeric_grad(objective, X))
 
 
+def test_dropout_draws_a_new_mask_each_call_and_seed_repeats_them(backend):
+    x = backend.asarray(np.ones((40, 30)))
+    layer = pn.Dropout(0.5)
+
+    def masks():
+        pn.seed(3)  # the masks come from portnn.random's device stream
+        return [pn.to_numpy(layer.forward(x, training=True)) for _ in range(2)]
+
+    first, second = masks()
+    assert not np.array_equal(first, second)  # a new mask each forward pass, not one kept
+    again = masks()
+    np.testing.assert_array_equal(again[0], first)
+    np.testing.assert_array_equal(again[1], second)
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 

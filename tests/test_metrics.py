@@ -48,11 +48,19 @@ def test_binary_accuracy_of_sigmoid_outputs(backend):
     assert pn.BinaryAccuracy().calculate(predictions, y) == pytest.approx(0.75)
 
 
-def test_categorical_accuracy_of_softmax_outputs(backend):
-    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.4, 0.5, 0.1]])
-    predictions = pn.Softmax().predictions(backend.asarray(probs))
-    got = pn.CategoricalAccuracy().calculate(predictions, backend.asarray(np.array([0, 2, 0])))
-    assert got == pytest.approx(2 / 3)
+# Rows whose largest entry is not their column's: an argmax over the wrong axis of either the
+# probabilities or the one-hot labels cannot give these rows' classes (1, 2, 0, 1).
+PROBS = np.array([[0.3, 0.6, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.1, 0.5, 0.4]])
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_categorical_accuracy_of_softmax_outputs(backend, one_hot):
+    labels = np.array([1, 2, 0, 0])  # the last row is wrong: 3 of 4
+    y = np.eye(3)[labels] if one_hot else labels
+    predictions = pn.Softmax().predictions(backend.asarray(PROBS))
+    np.testing.assert_array_equal(pn.to_numpy(predictions), [1, 2, 0, 1])
+    got = pn.CategoricalAccuracy().calculate(predictions, backend.asarray(y))
+    assert got == pytest.approx(0.75, rel=1e-12)
 
 
 def test_accumulated_mean_weighs_samples_not_batches(backend):
