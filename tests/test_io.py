@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_parameters_equal, host, host_parameters
+from helpers import CPU_BACKENDS, assert_parameters_equal, host, host_parameters
 
 import portnn as pn
 from portnn.backend import library_of
 from portnn.io import HEADER, VERSION, ModelFileError
 
-CPU_BACKENDS = [b for b in ("numpy", "array_api_strict", "torch") if b in pn.available_backends()]
 
 
 def optimizer_arrays(model):
@@ -66,6 +65,8 @@ def describe(model):
 
 @pytest.mark.parametrize("target", CPU_BACKENDS)
 def test_a_model_saved_on_one_backend_loads_on_every_other(backend, tmp_path, target):
+    if target not in pn.available_backends():
+        pytest.skip(f"{target} is not installed here")
     X, _ = pn.datasets.spiral(10, 3)
     model = trained()
     path = tmp_path / "model.npz"

@@ -17,6 +17,8 @@ def installed_cpu_backends():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("init", ["book", "he", "glorot"])
 def test_seed_gives_the_same_initial_weights_on_every_backend(dtype, init):
+    if len(installed_cpu_backends()) < 2:
+        pytest.skip("needs a second CPU backend to compare with NumPy")
     weights = {}
     for name in installed_cpu_backends():
         pn.seed(1234)
