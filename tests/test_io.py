@@ -24,7 +24,6 @@ from portnn.backend import library_of
 from portnn.io import HEADER, VERSION, ModelFileError
 
 
-
 def optimizer_arrays(model):
     """The optimizer state as host arrays, keyed by layer position, parameter and field."""
     position = {id(layer): i for i, layer in enumerate(model.layers)}
