@@ -1,4 +1,4 @@
-"""The fast paths in portnn._xp against their portable reference versions."""
+"""The fast paths of the backend classes against their portable reference versions."""
 
 import array_api_compat
 import numpy as np
@@ -71,3 +71,27 @@ def test_adam_update_keeps_no_buffers_between_calls(backend):
     del outputs
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(3, 5), (300, 300), (1, 70000)])
+def test_numpys_adam_paths_equal_the_portable_reference_bit_for_bit(dtype, shape):
+    # Both NumPy paths, the compiled loop (where numba is installed) and the element-wise
+    # passes, do the reference's operations in its order with its casts: the same bits, so
+    # installing numba moves no figure.
+    from portnn.backend import _numpy
+
+    b = pn.get_backend("numpy", dtype)
+    args = _adam_args(b, shape)
+    constants = (0.9, 0.999, 0.00123, 1e-7 * 0.0316)
+    reference = pn.Backend.adam_update(*args, *constants)
+    paths = {"passes": _numpy._adam_passes(*args, *constants)}
+    kernel = _numpy._fused_adam()
+    if kernel is not None:
+        paths["fused"] = _numpy.NumpyBackend.adam_update(*args, *constants)
+    elif shape == (1, 70000):
+        pytest.skip("numba is not installed: only the element-wise passes run here")
+    for name, got in paths.items():
+        for g, want in zip(got, reference, strict=True):
+            assert g.dtype == want.dtype, name
+            np.testing.assert_array_equal(g, want, err_msg=name)
