@@ -43,3 +43,20 @@ def real(
         interval = f"{'(' if low_open or math.isinf(low) else '['}{low:g}, {high:g}{closing}"
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     return float(value)
+
+
+def short_repr(obj: Any) -> str:
+    """``Name(arg=value, ...)`` with only the constructor arguments that differ from their
+    defaults: ``Dense(784, 128)``, ``Adam(learning_rate=0.05, decay=5e-07)``."""
+    import inspect
+
+    params = inspect.signature(type(obj).__init__).parameters
+    parts = []
+    for name, value in obj.get_config().items():
+        param = params.get(name)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            if value == param.default:
+                continue
+        positional = param is not None and param.default is inspect.Parameter.empty
+        parts.append(repr(value) if positional else f"{name}={value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from . import random
-from ._checks import integer, real
+from ._checks import integer, real, short_repr
 from ._xp import array_namespace, sign_nonneg
 from .backend import Backend, backend_of, get_backend, to_backend
 
@@ -37,8 +37,7 @@ class Layer:
         return self
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
+        return short_repr(self)
 
 
 class Input(Layer):

@@ -7,6 +7,7 @@ accuracies are summed on the device and read back only at logging points.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -127,8 +128,47 @@ class Model:
         return self
 
     def __repr__(self) -> str:
-        inner = ",\n    ".join(repr(layer) for layer in self.layers)
-        return f"Model([\n    {inner}\n], loss={self.loss!r}, optimizer={self.optimizer!r})"
+        sizes = "-".join(str(n) for n in self._sizes()) or "no Dense layers"
+        return (
+            f"Model({sizes}, {len(self.layers)} layers, {self.count_parameters():,} parameters, "
+            f"loss={self.loss!r}, optimizer={self.optimizer!r})"
+        )
+
+    def _sizes(self) -> list[int]:
+        dense = [la for la in self.layers if isinstance(la, Dense)]
+        return [dense[0].n_inputs, *(la.n_neurons for la in dense)] if dense else []
+
+    def count_parameters(self) -> int:
+        """How many numbers training adjusts (weights and biases of every layer)."""
+        return sum(math.prod(getattr(la, n).shape) for la in self.layers for n in la.param_names)
+
+    def summary(self, *, file: Any = None) -> None:
+        """Print each layer with its output shape and parameter count, the totals, the loss
+        and optimizer, and where the model computes (Keras' ``model.summary()``)."""
+        rows = [("layer", "output shape", "parameters")]
+        width = self.n_inputs
+        for i, layer in enumerate(self.layers):
+            width = layer.n_neurons if isinstance(layer, Dense) else width
+            count = sum(math.prod(getattr(layer, n).shape) for n in layer.param_names)
+            rows.append((f"{i}  {layer!r}", f"(batch, {width})", f"{count:,}"))
+        widths = [max(len(row[c]) for row in rows) for c in range(3)]
+        lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+        rule = "-" * len(lines[0])
+        b = self.backend
+        print(
+            "\n".join(
+                [
+                    lines[0],
+                    rule,
+                    *lines[1:],
+                    rule,
+                    f"parameters: {self.count_parameters():,}",
+                    f"loss: {self.loss!r}, optimizer: {self.optimizer!r}",
+                    f"backend: {b.name}, device: {b.device}, dtype: {b.dtype_name}",
+                ]
+            ),
+            file=file,
+        )
 
     # --- data -------------------------------------------------------------------------------
     def _require(self, *names: str) -> None:

@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from ._checks import integer, real
+from ._checks import integer, real, short_repr
 from ._xp import adam_update, array_namespace
 from .backend import Backend, backend_of, to_backend
 from .layers import Layer
@@ -155,8 +155,7 @@ class Optimizer:
         return self
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
+        return short_repr(self)
 
 
 class SGDState(NamedTuple):

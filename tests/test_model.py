@@ -934,3 +934,28 @@ def test_predict_classes_is_the_output_layers_predictions(backend, output, loss,
     outputs = host(model.predict(X, batch_size=3))
     classes = host(model.predict_classes(X, batch_size=3))
     np.testing.assert_array_equal(classes, expected(outputs))
+
+
+# --- describing itself -----------------------------------------------------------------------
+
+
+def test_summary_counts_the_books_fashion_mnist_network(backend, capsys):
+    model = pn.recipes.build("fashion-mnist")
+    assert model.count_parameters() == 118_282 == 784 * 128 + 128 + 128 * 128 + 128 + 1290
+    model.summary()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["layer", "output", "shape", "parameters"]
+    assert "0  Dense(784, 128)" in out[2] and out[2].endswith("100,480")
+    assert "(batch, 10)" in out[-5] and out[-5].endswith(" 0")  # the Softmax row
+    assert out[-3] == "parameters: 118,282"
+    assert out[-1] == f"backend: {backend.name}, device: {backend.device}, dtype: float32"
+
+
+def test_repr_is_one_short_line():
+    model = pn.Model([pn.Dense(2, 64, weight_regularizer_l2=5e-4), pn.ReLU(), pn.Dense(64, 3)])
+    model.add(pn.Softmax()).set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(0.05))
+    assert repr(model) == (
+        "Model(2-64-3, 4 layers, 387 parameters, loss=CategoricalCrossentropy(), "
+        "optimizer=Adam(learning_rate=0.05))"
+    )
+    assert repr(model.layers[0]) == "Dense(2, 64, weight_regularizer_l2=0.0005)"
