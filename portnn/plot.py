@@ -15,7 +15,7 @@ import numpy as np
 
 from .backend import to_numpy
 
-__all__ = ["plot_decision_regions", "plot_history"]
+__all__ = ["plot_decision_regions", "plot_history", "plot_regression"]
 
 PathLike = str | os.PathLike
 
@@ -87,6 +87,8 @@ def plot_history(history: Mapping[str, Sequence], path: PathLike, *, title: str 
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.set_title(name)
+        if name != "accuracy" and _spans_decades([v for _, s in lines for v in s]):
+            ax.set_yscale("log")  # a loss from 1 to 1e-6 is a flat line on a linear scale
         ax.grid(alpha=0.3)
         if len(lines) > 1:
             ax.legend()
@@ -94,6 +96,14 @@ def plot_history(history: Mapping[str, Sequence], path: PathLike, *, title: str 
         fig.suptitle(title)
     fig.savefig(path, dpi=100)
     return path
+
+
+def _spans_decades(values: Sequence[float], decades: float = 2.0) -> bool:
+    """Whether positive ``values`` span more than ``decades`` powers of ten."""
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    if finite.size < 2 or finite.min() <= 0:
+        return False
+    return bool(np.log10(finite.max() / finite.min()) > decades)
 
 
 def _classes(model: Any, points: np.ndarray) -> np.ndarray:
@@ -124,8 +134,10 @@ def plot_decision_regions(
     *,
     resolution: int = 300,
     title: str = "",
+    class_names: Sequence[str] | None = None,
 ) -> PathLike:
-    """The plane colored by the class ``model`` predicts at each point, the data on top.
+    """The plane colored by the class ``model`` predicts at each point, the data on top,
+    with a legend of the classes (``class_names``, else "class 0", "class 1"...).
 
     ``model`` is a trained portnn Model on 2-D inputs, whose ``predict_classes`` colors the
     plane, or any callable from points to class indices (such as ``model.predict_classes``);
@@ -166,5 +178,44 @@ def plot_decision_regions(
     ax.set_ylim(ys[0], ys[-1])
     ax.set_aspect("equal", adjustable="box")
     ax.set_title(title or "decision regions")
+    names = list(class_names) if class_names is not None else []
+    names += [f"class {k}" for k in range(len(names), n_classes)]
+    handles = [
+        ax.scatter([], [], color=f"C{k % 10}", s=30, edgecolors="k", linewidths=0.3, label=name)
+        for k, name in enumerate(names[:n_classes])
+    ]
+    ax.legend(handles=handles, loc="upper right", fontsize="small", framealpha=0.8)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_regression(model: Any, X: Any, y: Any, path: PathLike, *, title: str = "") -> PathLike:
+    """Prediction against target for a regression on one input (the book's sine): the
+    targets as points, the model's outputs as a line, over X in order.
+
+    ``model`` is a portnn Model (its ``predict`` is used) or a callable from X to outputs;
+    ``X`` is ``(N, 1)`` and ``y`` ``(N,)`` or ``(N, 1)``, on any backend. Writes an image and
+    returns ``path``."""
+    Figure, _ = _matplotlib()
+    X = np.asarray(to_numpy(X), dtype=np.float64)
+    y = np.asarray(to_numpy(y), dtype=np.float64).reshape(-1)
+    if X.ndim != 2 or X.shape[1] != 1:
+        raise ValueError(f"a regression plot needs one input per sample, X (N, 1); got {X.shape}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]} targets")
+    predict = getattr(model, "predict", model)
+    predicted = np.asarray(to_numpy(predict(X.astype(np.float32)))).reshape(X.shape[0], -1)
+    if predicted.shape[1] != 1:
+        raise ValueError(f"a regression plot needs one output per sample, got {predicted.shape}")
+    order = np.argsort(X[:, 0])
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(X[order, 0], y[order], s=6, color="C0", label="target")
+    ax.plot(X[order, 0], predicted[order, 0], color="C1", linewidth=2, label="prediction")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "prediction against target")
     fig.savefig(path, dpi=100)
     return path

@@ -10,7 +10,7 @@ import portnn as pn
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from portnn.plot import plot_decision_regions, plot_history  # noqa: E402
+from portnn.plot import plot_decision_regions, plot_history, plot_regression  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -130,3 +130,50 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'portnn\[plot\]'"):
         plot_history({"loss": [1.0]}, tmp_path / "x.png")
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions save, for looking inside them (files still written)."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+@pytest.mark.parametrize(("low", "scale"), [(1e-6, "log"), (0.2, "linear")])
+def test_history_loss_is_on_a_log_scale_when_it_spans_decades(tmp_path, drawn, low, scale):
+    history = {"loss": list(np.geomspace(1.0, low, 20)), "accuracy": [0.5] * 20}
+    plot_history(history, tmp_path / "h.png")
+    loss_axes, accuracy_axes = drawn[0].axes
+    assert loss_axes.get_yscale() == scale
+    assert accuracy_axes.get_yscale() == "linear"
+
+
+def test_decision_regions_have_a_legend_of_the_classes(backend, tmp_path, drawn):
+    model, X, y, _ = spiral_model(backend)
+    plot_decision_regions(model, X, y, tmp_path / "r.png", class_names=["red", "green"])
+    legend = drawn[0].axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["red", "green", "class 2"]
+
+
+def test_regression_plot_shows_prediction_against_target(backend, tmp_path, drawn):
+    X, y = pn.datasets.sine(200)
+    model = pn.Model([pn.Dense(1, 16), pn.Tanh(), pn.Dense(16, 1), pn.Linear()])
+    model.set(loss=pn.MeanSquaredError(), optimizer=pn.Adam(0.01))
+    model.train(X, y, epochs=20, print_every=0)
+    assert_png(plot_regression(model, X, y, tmp_path / "s.png"))
+    ax = drawn[0].axes[0]
+    (line,) = ax.get_lines()
+    predicted = pn.to_numpy(model.predict(X))[:, 0]
+    np.testing.assert_allclose(line.get_ydata(), predicted, rtol=1e-6)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["target", "prediction"]
+    with pytest.raises(ValueError, match=r"one input per sample"):
+        plot_regression(model, np.ones((5, 2)), np.ones(5), tmp_path / "bad.png")
