@@ -46,11 +46,12 @@ ROWS = {
     "large-batch": {"batch": 4096, "hidden": 128},
     "wide": {"batch": 128, "hidden": 1024},
 }
-CONTESTANTS = ("portnn", "bare", "torch", "gemm")
+CONTESTANTS = ("portnn", "bare", "torch", "jax", "gemm")
 LABELS = {
     "portnn": "portnn `Model.train`",
     "bare": "bare Array API loop",
     "torch": "PyTorch eager",
+    "jax": "JAX jit (CPU)",
     "gemm": "GEMMs only",
 }
 N_IN, N_OUT = 784, 10
@@ -345,6 +346,78 @@ class TorchEager(Contestant):
             return float(loss), float((out.argmax(1) == y).float().mean())
 
 
+class JaxJit(Contestant):
+    """JAX as its users write it: the whole training step (forward, jax.grad of the mean
+    cross-entropy, the book's Adam with decay) compiled by ``jax.jit``, which lets XLA fuse
+    the update. CPU only; included where ``jax`` is installed (``pip install jax``)."""
+
+    def __init__(self, X, y, batch, hidden, backend, seed):
+        if backend != "numpy":
+            raise Unavailable("the JAX contestant runs on the CPU, beside the numpy backend")
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as exc:
+            raise Unavailable("jax is not installed (pip install jax)") from exc
+        self.jax, self.batch = jax, batch
+        self.params = [jnp.asarray(p) for p in init_params(hidden, seed)]
+        self.state = [jnp.zeros_like(p) for p in self.params] * 2
+        self.t = 0
+        self.X, self.y = jnp.asarray(X), jnp.asarray(y.astype(np.int32))
+        self.key = jax.random.PRNGKey(seed + 1)
+
+        def loss_of(params, x, labels):
+            w1, b1, w2, b2, w3, b3 = params
+            a1 = jax.nn.relu(x @ w1 + b1)
+            a2 = jax.nn.relu(a1 @ w2 + b2)
+            logits = a2 @ w3 + b3
+            logp = jax.nn.log_softmax(logits)
+            return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+        def step(params, state, t, x, labels):
+            grads = jax.grad(loss_of)(params, x, labels)
+            lr = LR / (1.0 + DECAY * t)
+            c1, c2 = 1 - BETA_1 ** (t + 1), 1 - BETA_2 ** (t + 1)
+            n = len(params)
+            ms, vs, new = [], [], []
+            for p, g, m, v in zip(params, grads, state[:n], state[n:], strict=True):
+                m = BETA_1 * m + (1 - BETA_1) * g
+                v = BETA_2 * v + (1 - BETA_2) * g * g
+                new.append(p - lr * (m / c1) / (jnp.sqrt(v / c2) + EPS))
+                ms.append(m)
+                vs.append(v)
+            return new, ms + vs
+
+        self.step = jax.jit(step)
+        self.loss_of = jax.jit(loss_of)
+
+    def epoch(self):
+        jax, n = self.jax, self.X.shape[0]
+        self.key, sub = jax.random.split(self.key)
+        perm = jax.random.permutation(sub, n)
+        X, y = self.X[perm], self.y[perm]
+        for start in range(0, n, self.batch):
+            self.params, self.state = self.step(
+                self.params,
+                self.state,
+                self.t,
+                X[start : start + self.batch],
+                y[start : start + self.batch],
+            )
+            self.t += 1
+
+    def sync(self):
+        self.jax.block_until_ready(self.params)
+
+    def loss(self, X, y):
+        jnp = self.jax.numpy
+        w1, b1, w2, b2, w3, b3 = self.params
+        x = jnp.asarray(X)
+        logits = self.jax.nn.relu(self.jax.nn.relu(x @ w1 + b1) @ w2 + b2) @ w3 + b3
+        acc = jnp.mean(jnp.argmax(logits, axis=1) == jnp.asarray(y))
+        return float(self.loss_of(self.params, x, jnp.asarray(y.astype(np.int32)))), float(acc)
+
+
 class GemmFloor(Contestant):
     """The 8 matrix products of one training step, per batch of the data, nothing else:
     3 forward (``x W1, a1 W2, a2 W3``), 3 weight gradients (``x.T dz1, a1.T dz2, a2.T dz3``),
@@ -379,7 +452,13 @@ class GemmFloor(Contestant):
         gpu_sync(self.backend)
 
 
-KINDS = {"portnn": PortnnModel, "bare": BareLoop, "torch": TorchEager, "gemm": GemmFloor}
+KINDS = {
+    "portnn": PortnnModel,
+    "bare": BareLoop,
+    "torch": TorchEager,
+    "jax": JaxJit,
+    "gemm": GemmFloor,
+}
 
 
 def build(name, X, y, row, backend, seed):
@@ -719,7 +798,7 @@ def check(args, log) -> None:
     """Train each contestant a few epochs on a learnable problem and print its loss: the bare
     loop (and the others) must learn, or their timings mean nothing."""
     X, y = make_data(args.samples, args.seed, learnable=True)
-    for name in ("bare", "torch", "portnn"):
+    for name in ("bare", "torch", "jax", "portnn"):
         try:
             c = build(name, X, y, "default", args.backend, args.seed)
             losses = [c.loss(X, y)]
