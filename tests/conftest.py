@@ -19,6 +19,11 @@ def pytest_configure(config):
         os.environ["PORTNN_BACKEND"] = name
 
 
+def _device():
+    """``PORTNN_DEVICE`` (e.g. ``cuda`` for the torch suite on a GPU), else the default."""
+    return os.environ.get("PORTNN_DEVICE", "").strip() or None
+
+
 def _name():
     return os.environ.get("PORTNN_BACKEND", "numpy").strip() or "numpy"
 
@@ -42,14 +47,14 @@ def backend_name():
 @pytest.fixture
 def backend(backend_name):
     """The selected backend in float32, active for the whole test."""
-    with pn.use_backend(backend_name) as b:
+    with pn.use_backend(backend_name, device=_device()) as b:
         yield b
 
 
 @pytest.fixture
 def backend64(backend_name):
     """The selected backend in float64 (for finite-difference gradient checks)."""
-    with pn.use_backend(backend_name, dtype="float64") as b:
+    with pn.use_backend(backend_name, dtype="float64", device=_device()) as b:
         yield b
 
 

@@ -21,8 +21,9 @@ def test_adam_update_equals_the_portable_version(backend_name, dtype):
     constants = (0.9, 0.999, 0.00123, 1e-7 * 0.0316)
     fast = _xp.adam_update(*args, *constants)
     reference = pn.Backend.adam_update(*args, *constants)  # the portable reference
-    # NumPy's path does the same operations in the same order: equal bit for bit.
-    rtol = 0
+    # NumPy's path does the same operations in the same order: equal bit for bit. A GPU
+    # kernel may contract a multiply and an add into one rounding (FMA).
+    rtol = 1e-6 if backend_name == "cupy" else 0
     for got, want in zip(fast, reference, strict=True):
         assert got.dtype == args[0].dtype
         np.testing.assert_allclose(pn.to_numpy(got), pn.to_numpy(want), rtol=rtol, atol=0)

@@ -1,7 +1,8 @@
 """Array backends: which library computes, on which device, in which float dtype.
 
 Selection, first match wins: an explicit ``backend=`` argument, ``with use_backend(...)``,
-``set_backend(...)``, the environment variable ``PORTNN_BACKEND``, then ``numpy``.
+``set_backend(...)``, the environment variable ``PORTNN_BACKEND`` (with ``PORTNN_DTYPE`` and
+``PORTNN_DEVICE``), then ``numpy``.
 Arrays never move between libraries silently: ``to_numpy`` and ``to_backend`` are the moves.
 
 Everything that differs between libraries lives in one class per library (``_numpy.py``,
@@ -122,7 +123,8 @@ def get_backend(backend: str | Backend | None = None, dtype: Any = None) -> Back
         if chosen is None:
             env = os.environ.get("PORTNN_BACKEND", "").strip() or "numpy"
             env_dtype = os.environ.get("PORTNN_DTYPE", "").strip() or None
-            chosen = _make(*_check(env, env_dtype))
+            env_device = os.environ.get("PORTNN_DEVICE", "").strip() or None
+            chosen = _make(*_check(env, env_dtype), env_device)
     if dtype is not None and dtype_name(dtype) != chosen.dtype_name:
         chosen = _make(*_check(chosen.name, dtype), chosen.device)
     return chosen

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from types import ModuleType
 from typing import Any
 
@@ -79,3 +81,32 @@ class CupyBackend(Backend):
 
     def permutation(self, generator: Any, n: int) -> Any:
         return self.xp.argsort(self.uniform(generator, (n,)))
+
+    @staticmethod
+    def adam_update(param, grad, m, v, beta_1, beta_2, scale, eps):
+        # One kernel launch instead of about eight, behind PORTNN_CUPY_FUSED=1 until it has
+        # passed the kernels-versus-portable tests on a GPU (.ci/gpu_check.sh runs them).
+        if os.environ.get("PORTNN_CUPY_FUSED") != "1":
+            return Backend.adam_update(param, grad, m, v, beta_1, beta_2, scale, eps)
+        dt = param.dtype.type
+        constants = (beta_1, 1 - beta_1, beta_2, 1 - beta_2, scale, eps)
+        return _adam_kernel()(param, grad, m, v, *(dt(c) for c in constants))
+
+
+@functools.cache
+def _adam_kernel() -> Any:
+    """Adam as one CuPy element-wise kernel: reads p, g, m, v once and writes new p, m, v."""
+    import cupy
+
+    return cupy.ElementwiseKernel(
+        "T p, T g, T m, T v, T b1, T c1, T b2, T c2, T scale, T eps",
+        "T p_out, T m_out, T v_out",
+        """
+        T mi = b1 * m + c1 * g;
+        T vi = b2 * v + c2 * (g * g);
+        m_out = mi;
+        v_out = vi;
+        p_out = p - scale * mi / (sqrt(vi) + eps);
+        """,
+        "portnn_adam",
+    )
