@@ -1,7 +1,7 @@
 """portnn: the network of *Neural Networks from Scratch in Python*, written once against
 the Python Array API standard, training on NumPy, CuPy, PyTorch and array-api-strict."""
 
-from . import datasets, random, recipes, schedules
+from . import datasets, interop, random, recipes, schedules
 from .activations import LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
 from .backend import (
     Backend,
@@ -24,6 +24,7 @@ from .losses import (
 from .metrics import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
 from .model import Model
 from .optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
+from .threads import get_num_threads, num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -61,11 +62,15 @@ __all__ = [
     "available_backends",
     "datasets",
     "get_backend",
+    "interop",
+    "get_num_threads",
+    "num_threads",
     "random",
     "recipes",
     "schedules",
     "seed",
     "set_backend",
+    "set_num_threads",
     "to_backend",
     "to_numpy",
     "use_backend",

@@ -18,6 +18,7 @@ import secrets
 import stat
 import zipfile
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -35,18 +36,23 @@ class ModelFileError(ValueError):
 
 # --- writing --------------------------------------------------------------------------------
 def write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically: a temporary file beside ``path``, then one rename, so a failed save
-    leaves any old file whole. A new file gets the mode ``open`` would give it; a file saved
-    over keeps its mode. Errors name ``path``, never the temporary file."""
-    path = os.fspath(path)
+    """The portnn file: the header and the arrays as an ``.npz``, written atomically."""
     payload = {HEADER: np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays}
+    write_atomically(path, lambda f: np.savez(f, **payload))
+
+
+def write_atomically(path: str | os.PathLike, dump: Callable[[Any], None]) -> None:
+    """``dump(file)`` into a temporary file beside ``path``, then one rename, so a failed
+    save leaves any old file whole. A new file gets the mode ``open`` would give it; a file
+    saved over keeps its mode. Errors name ``path``, never the temporary file."""
+    path = os.fspath(path)
     old_mode = _mode_of(path)
     # 0o666 is what open() asks for, so the umask applies as usual. Over an old file, write
     # privately and set its mode at the end: the umask may clear bits it had.
     fd, tmp = _temporary(path, 0o666 if old_mode is None else 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            dump(f)
             f.flush()
             os.fsync(f.fileno())
         if old_mode is not None:
