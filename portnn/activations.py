@@ -21,7 +21,7 @@ class ReLU(Layer):
     def backward(self, dvalues: Any) -> Any:
         xp = array_namespace(dvalues)
         # A product with the 0/1 mask, not ``where(x > 0, d, 0.0)``: NumPy's ``where`` with a
-        # scalar takes 3x as long (19 us against 6 us at 128 x 128, float32).
+        # scalar branch takes a slow generic path, and this runs every batch.
         self.dinputs = dvalues * xp.astype(self.inputs > 0, dvalues.dtype)
         return self.dinputs
 

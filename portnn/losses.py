@@ -22,7 +22,7 @@ def _shape(x: Any) -> tuple[int, ...]:
 
 def _clipped(p: Any) -> Any:
     """``p`` clipped to ``[EPS, 1 - EPS]``. Written as minimum(maximum()): array-api-compat's
-    ``clip`` for NumPy costs 11 us a call against 2 us, and is called every batch."""
+    ``clip`` checks and broadcasts its bounds on every call, and this runs every batch."""
     xp = array_namespace(p)
     return xp.minimum(xp.maximum(p, EPS), 1 - EPS)
 
