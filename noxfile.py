@@ -1,7 +1,8 @@
 """Test sessions, one per array backend (read from backends/*.txt), plus lint and bench.
 
-nox                        # numpy, array_api_strict, cupy (skips without a GPU), lint
+nox                        # numpy, array_api_strict, cupy (skips without a GPU), distributed, lint
 nox -s "tests(torch)"      # PyTorch, on request (a large install)
+nox -s distributed         # data-parallel over MPI: mpiexec -n 2 and 3 against one process
 nox -s bench -- --quick    # the side-by-side training benchmark
 """
 
@@ -15,7 +16,8 @@ ROOT = Path(__file__).parent
 BACKENDS = sorted(p.stem for p in (ROOT / "backends").glob("*.txt"))
 ON_REQUEST = {"torch"}  # large installs: run with nox -s "tests(torch)"
 
-nox.options.sessions = [f"tests({b})" for b in BACKENDS if b not in ON_REQUEST] + ["lint"]
+nox.options.sessions = [f"tests({b})" for b in BACKENDS if b not in ON_REQUEST]
+nox.options.sessions += ["distributed", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -39,6 +41,16 @@ def tests(session: nox.Session, backend: str) -> None:
     session.install(".[test]", "-r", f"backends/{backend}.txt")
     session.run(
         "pytest", *session.posargs, env={"PORTNN_BACKEND": backend, "PYTHONUNBUFFERED": "1"}
+    )
+
+
+@nox.session
+def distributed(session: nox.Session) -> None:
+    """portnn.distributed: tests that launch mpiexec -n 2 and 3 (pip's mpich) and compare
+    with one process, on numpy and array_api_strict."""
+    session.install(".[test,mpi]", "-r", "backends/array_api_strict.txt")
+    session.run(
+        "pytest", "tests/test_distributed.py", *session.posargs, env={"PYTHONUNBUFFERED": "1"}
     )
 
 

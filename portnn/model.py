@@ -212,6 +212,8 @@ class Model:
         print_every: int | None = 1,
         shuffle: bool = True,
         progress: bool | None = None,
+        comm: Any = None,
+        sharded: bool = False,
     ) -> dict[str, list]:
         """Train for ``epochs`` passes over (X, y) in batches of ``batch_size`` (None: all).
 
@@ -223,6 +225,14 @@ class Model:
         infinite parameters after the last update; the model then keeps the parameters that
         the last finite epoch loss was measured from (that epoch's start), and the error's
         ``history`` holds the epochs before.
+
+        ``comm``, a ``portnn.distributed.Communicator``, trains data-parallel across its MPI
+        ranks. Every rank starts from rank 0's parameters and optimizer state. ``batch_size``
+        is the global batch, and each rank computes its slice of every batch of rank 0's
+        permutation, so N ranks reach the parameters one process reaches, to float
+        tolerance. Every rank passes the same data, or with ``sharded=True`` its own rows
+        (``portnn.distributed.shard``). Figures and history are reduced across ranks, and
+        only rank 0 prints and shows progress.
         """
         run = Run(
             self,
@@ -234,6 +244,8 @@ class Model:
             print_every=print_every,
             shuffle=shuffle,
             progress=progress,
+            comm=comm,
+            sharded=sharded,
         )
         return run.fit()
 

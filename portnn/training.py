@@ -5,6 +5,11 @@ Figures stay on the device and are read back only at logging points, so a GPU ru
 host round trip per batch. Each epoch keeps the state its first forward pass measured (a
 ``state_dict`` by reference: updates make new arrays); a finite epoch loss vouches for it,
 and divergence restores the last state vouched for.
+
+With ``comm`` (``portnn.distributed``) the run is data-parallel. A ``distributed.DataParallel``
+checks that the ranks agree and takes rank 0's state. It splits each batch, makes the
+all-reduced step, and sums the figures across ranks at logging points, where rank 0 alone
+prints. The hooks below call it only when ``comm`` is given: without it nothing changes.
 """
 
 from __future__ import annotations
@@ -56,9 +61,38 @@ class Run:
         print_every: int | None,
         shuffle: bool,
         progress: bool | None,
+        comm: Any = None,
+        sharded: bool = False,
     ) -> None:
-        model._require("loss", "optimizer")
         self.model = model
+        self.dp = None
+        if comm is None:
+            self._setup(X, y, epochs, batch_size, print_every, validation_data)
+        else:
+            from .distributed import DataParallel
+
+            self.dp = DataParallel(comm, model, sharded)
+            self.dp.together(
+                "checking the training arguments and data",
+                self._setup,
+                *(X, y, epochs, batch_size, print_every, validation_data),
+            )
+            self._distribute(batch_size, shuffle)
+        self.shuffle = shuffle and len(self.batches) > 1
+        if progress is None:
+            progress = bool(self.print_every) and sys.stderr.isatty() and "CI" not in os.environ
+        progress = progress and (self.dp is None or self.dp.is_root)
+        self.bar = tqdm(
+            total=self.epochs * len(self.batches), disable=not progress, unit="batch", leave=False
+        )
+        self.history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
+        self.pending: list[dict] = []  # epochs since the last logging point, on the device
+        self.last_good = (0, model.state_dict())  # (epoch, the state its loss vouched for)
+
+    def _setup(self, X, y, epochs, batch_size, print_every, validation_data) -> None:
+        """Check the arguments, move the data to the device, lay out the batches."""
+        model = self.model
+        model._require("loss", "optimizer")
         self.epochs = integer("epochs", epochs)
         batch_size = integer("batch_size", batch_size, allow_none=True)
         self.print_every = integer("print_every", print_every, 0, allow_none=True)
@@ -68,19 +102,25 @@ class Run:
             self.val = (*prepare(model, *_pair(validation_data)), batch_size)
         model.accuracy.init(self.y)
         self.batches = batches(self.X.shape[0], batch_size)
-        self.shuffle = shuffle and len(self.batches) > 1
-        if progress is None:
-            progress = bool(self.print_every) and sys.stderr.isatty() and "CI" not in os.environ
-        self.bar = tqdm(
-            total=self.epochs * len(self.batches), disable=not progress, unit="batch", leave=False
-        )
-        self.history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
-        self.pending: list[dict] = []  # epochs since the last logging point, on the device
-        self.last_good = (0, model.state_dict())  # (epoch, the state its loss vouched for)
+
+    def _distribute(self, batch_size: int | None, shuffle: bool) -> None:
+        """Data-parallel: the ranks agree and take rank 0's state; this rank keeps its part of
+        each batch and of the validation data, and logs when rank 0 does."""
+        val = None if self.val is None else self.val[:2]
+        settings = {"epochs": self.epochs, "batch_size": batch_size, "shuffle": shuffle}
+        rank0 = self.dp.start(self.X, self.y, val, {**settings, "print_every": self.print_every})
+        self.print_every = rank0["print_every"]  # logging points are collective
+        self.batches = self.dp.batches(self.X.shape[0], batch_size)
+        if self.val is not None:
+            self.val = (*self.dp.part(*val), batch_size)
 
     def fit(self) -> dict[str, list]:
         log_every = self.print_every or self.epochs
         try:
+            if self.dp is not None and self.print_every:
+                from .distributed import announce
+
+                announce(self.dp.describe(), self.bar.write, self.dp.comm)
             with quiet_float_errors(self.X):
                 for epoch in range(1, self.epochs + 1):
                     self.pending.append(self._epoch(epoch))
@@ -94,6 +134,10 @@ class Run:
                 parameters = self.model.get_parameters()
                 if not all(all_finite(p) for pair in parameters for p in pair):
                     self._diverged(f"the update of epoch {self.epochs} made parameters NaN or inf")
+        except BaseException as exc:
+            if self.dp is not None:  # an error of this rank alone would leave the others waiting
+                self.dp.abort_unless_agreed(exc)
+            raise
         finally:
             self.bar.close()
         return self.history
@@ -106,21 +150,29 @@ class Run:
         start = model.state_dict()
         # Each batch is gathered by its slice of a device permutation: no shuffled copy of
         # the whole data set is made (nor kept alive by a layer's inputs).
-        order = random.permutation(X.shape[0], b) if self.shuffle else None
+        order = None
+        if self.shuffle:
+            order = self._permutation(X.shape[0], b)
         epoch_figures, reg = [], 0.0
         for i, s in enumerate(self.batches):
-            if order is None:
-                xb, yb = X[s, ...], y[s, ...]
-            else:
-                xb, yb = xp.take(X, order[s], axis=0), xp.take(y, order[s], axis=0)
-            output = model.forward(xb, training=True)
-            epoch_figures.append(figures(model, output, yb))
-            if i == len(self.batches) - 1:
-                reg = model.loss.regularization_total()  # the book reports the last batch's
-            model.backward(output, yb)
-            model.optimizer.step(model.trainable_layers)
+            failure = None
+            try:
+                if order is None:
+                    xb, yb = X[s, ...], y[s, ...]
+                else:
+                    xb, yb = xp.take(X, order[s], axis=0), xp.take(y, order[s], axis=0)
+                output = model.forward(xb, training=True)
+                epoch_figures.append(figures(model, output, yb))
+                if i == len(self.batches) - 1:
+                    reg = model.loss.regularization_total()  # the book reports the last batch's
+                model.backward(output, yb)
+            except Exception as exc:
+                if self.dp is None:
+                    raise
+                failure = exc  # every rank learns it in this step's all-reduce
+            self._update(i, failure)
             self.bar.update()
-        data_loss, accuracy = means(model, epoch_figures)
+        data_loss, accuracy = self._means(epoch_figures)
         record = {
             "epoch": epoch,
             "data_loss": data_loss,
@@ -130,12 +182,35 @@ class Run:
             "start": start,
         }
         if self.val is not None:
-            record["val_loss"], record["val_accuracy"] = evaluate_device(model, *self.val)
+            val_figures = evaluate_figures(model, *self.val)
+            record["val_loss"], record["val_accuracy"] = self._means(val_figures)
         return record
+
+    def _update(self, i: int, failure: Exception | None) -> None:
+        """The optimizer's step after batch ``i`` (distributed: after the all-reduce of every
+        rank's gradients, weighted by its part of the batch, and of its failure flag)."""
+        if self.dp is None:
+            self.model.optimizer.step(self.model.trainable_layers)
+        else:
+            self.dp.step(i, failure)
+
+    def _permutation(self, n: int, backend: Any) -> Any:
+        """The epoch's order of the samples (distributed: rank 0's, on every rank)."""
+        if self.dp is None:
+            return random.permutation(n, backend)
+        return self.dp.permutation(n, backend)
+
+    def _means(self, pass_figures: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+        """A pass's mean loss and accuracy (distributed: this rank's sums, for ``_flush``)."""
+        if self.dp is None:
+            return means(self.model, pass_figures)
+        return self.dp.sums(pass_figures)
 
     def _flush(self) -> None:
         """A logging point: read the pending epochs' figures back, stop on divergence, print."""
         pending, self.pending = self.pending, []
+        if self.dp is not None:
+            self.dp.reduce(pending)  # every rank's sums, summed: one all-reduce
         for record in pending:
             values = {k: as_float(v) for k, v in record.items() if k != "start"}
             values["loss"] = values["data_loss"] + values["regularization_loss"]
@@ -144,7 +219,7 @@ class Run:
             self.last_good = (values["epoch"], record["start"])
             for key in HISTORY_KEYS:
                 self.history[key].append(values.get(key))
-            every = self.print_every
+            every = self.print_every if self.dp is None or self.dp.is_root else 0
             if every and (values["epoch"] % every == 0 or values["epoch"] == self.epochs):
                 self.bar.write(book_line(values))
 
@@ -162,13 +237,15 @@ class Run:
             f"Try a lower learning rate (it was {lr:.3g})."
         )
         error.history = self.history  # the epochs that completed, for whoever catches this
+        if self.dp is not None:  # every rank sees the same reduced figures and parameters
+            self.dp.mark_agreed(error)
         raise error
 
 
 def batches(n: int, batch_size: int | None) -> list[slice]:
     """Consecutive slices of ``batch_size`` (None: one of all ``n``); the last may be short."""
     size = n if batch_size is None else min(batch_size, n)
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)] if n else []
 
 
 def figures(model: Model, output: Any, y: Any) -> tuple[Any, Any]:
@@ -187,13 +264,14 @@ def means(model: Model, pass_figures: list[tuple[Any, Any]]) -> tuple[Any, Any]:
 
 def evaluate_device(model: Model, X: Any, y: Any, batch_size: int | None) -> tuple[Any, Any]:
     """Mean loss and accuracy over (X, y) in inference mode, left on the device."""
-    return means(
-        model,
-        [
-            figures(model, model.forward(X[s, ...]), y[s, ...])
-            for s in batches(X.shape[0], batch_size)
-        ],
-    )
+    return means(model, evaluate_figures(model, X, y, batch_size))
+
+
+def evaluate_figures(model: Model, X: Any, y: Any, batch_size: int | None) -> list:
+    """Each batch's ``figures`` over (X, y) in inference mode."""
+    return [
+        figures(model, model.forward(X[s, ...]), y[s, ...]) for s in batches(X.shape[0], batch_size)
+    ]
 
 
 def as_float(value: Any) -> Any:
