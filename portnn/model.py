@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ._checks import integer
 from ._inputs import prepare, prepare_x
 from ._xp import quiet_float_errors
 from .backend import Backend, backend_of, common_backend, get_backend
+from .callbacks import Callback
 from .layers import Dense, Layer
 from .losses import Loss
 from .metrics import Accuracy
@@ -211,9 +212,12 @@ class Model:
         validation_data: tuple[Any, Any] | None = None,
         print_every: int | None = 1,
         shuffle: bool = True,
-        progress: bool | None = None,
+        progress: bool | str | None = None,
         comm: Any = None,
         sharded: bool = False,
+        callbacks: Sequence[Callback] = (),
+        validation_split: float = 0.0,
+        verbose: int | None = None,
     ) -> dict[str, list]:
         """Train for ``epochs`` passes over (X, y) in batches of ``batch_size`` (None: all).
 
@@ -233,6 +237,14 @@ class Model:
         tolerance. Every rank passes the same data, or with ``sharded=True`` its own rows
         (``portnn.distributed.shard``). Figures and history are reduced across ranks, and
         only rank 0 prints and shows progress.
+
+        As in Keras: ``callbacks`` (``portnn.callbacks``: EarlyStopping, ModelCheckpoint,
+        ReduceLROnPlateau, LearningRateScheduler, HistoryLogger, or your own) see each
+        epoch's figures and may stop training; ``validation_split`` holds out that fraction
+        of the last samples as validation data; ``verbose`` 0 is silent, 1 shows a bar, 2
+        prints a line per epoch. ``progress="keep"`` leaves the bars on screen. Ctrl-C stops
+        before the next step, so the model holds whole steps, and raises KeyboardInterrupt
+        with the ``history`` of the epochs that completed.
         """
         run = Run(
             self,
@@ -246,6 +258,9 @@ class Model:
             progress=progress,
             comm=comm,
             sharded=sharded,
+            callbacks=callbacks,
+            validation_split=validation_split,
+            verbose=verbose,
         )
         return run.fit()
 

@@ -14,17 +14,23 @@ prints. The hooks below call it only when ``comm`` is given: without it nothing 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
 from . import random
-from ._checks import integer
+from ._checks import integer, real
 from ._inputs import prepare
 from ._xp import all_finite, quiet_float_errors
+from .callbacks import Callback
 
 if TYPE_CHECKING:
     from .model import Model
@@ -60,12 +66,21 @@ class Run:
         validation_data: tuple[Any, Any] | None,
         print_every: int | None,
         shuffle: bool,
-        progress: bool | None,
+        progress: bool | str | None,
         comm: Any = None,
         sharded: bool = False,
+        callbacks: Sequence[Callback] = (),
+        validation_split: float = 0.0,
+        verbose: int | None = None,
     ) -> None:
         self.model = model
         self.dp = None
+        self.callbacks = _checked_callbacks(callbacks)
+        self.stop_training = False  # a callback sets it to end training after this epoch
+        self.interrupted = False  # Ctrl-C seen: stop at the next step's start
+        self.last_epoch = 0
+        print_every, progress = _verbosity(verbose, print_every, progress)
+        validation_data = _split(validation_split, validation_data)
         if comm is None:
             self._setup(X, y, epochs, batch_size, print_every, validation_data)
         else:
@@ -79,12 +94,13 @@ class Run:
             )
             self._distribute(batch_size, shuffle)
         self.shuffle = shuffle and len(self.batches) > 1
+        self.is_main = self.dp is None or self.dp.is_root  # the one rank that prints and writes
         if progress is None:
             progress = bool(self.print_every) and sys.stderr.isatty() and "CI" not in os.environ
-        progress = progress and (self.dp is None or self.dp.is_root)
-        self.bar = tqdm(
-            total=self.epochs * len(self.batches), disable=not progress, unit="batch", leave=False
+        self.progress = ProgressBars(
+            progress and self.is_main, self.epochs, len(self.batches), keep=progress == "keep"
         )
+        self.bar = self.progress.bar
         self.history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
         self.pending: list[dict] = []  # epochs since the last logging point, on the device
         self.last_good = (0, model.state_dict())  # (epoch, the state its loss vouched for)
@@ -97,6 +113,8 @@ class Run:
         batch_size = integer("batch_size", batch_size, allow_none=True)
         self.print_every = integer("print_every", print_every, 0, allow_none=True)
         self.X, self.y = prepare(model, X, y)
+        if isinstance(validation_data, float):  # validation_split: the last samples, held out
+            self.X, self.y, validation_data = _held_out(self.X, self.y, validation_data)
         self.val = None
         if validation_data is not None:
             self.val = (*prepare(model, *_pair(validation_data)), batch_size)
@@ -115,14 +133,17 @@ class Run:
             self.val = (*self.dp.part(*val), batch_size)
 
     def fit(self) -> dict[str, list]:
-        log_every = self.print_every or self.epochs
+        # Callbacks see every epoch's figures: then every epoch is a logging point.
+        log_every = 1 if self.callbacks else self.print_every or self.epochs
         try:
             if self.dp is not None and self.print_every:
                 from .distributed import announce
 
                 announce(self.dp.describe(), self.bar.write, self.dp.comm)
-            with quiet_float_errors(self.X):
+            with quiet_float_errors(self.X), _interrupts(self, enabled=self.dp is None):
+                self._call("on_train_begin")
                 for epoch in range(1, self.epochs + 1):
+                    self._call("on_epoch_begin", epoch)
                     self.pending.append(self._epoch(epoch))
                     if (
                         epoch % log_every == 0
@@ -130,23 +151,35 @@ class Run:
                         or len(self.pending) >= MAX_PENDING
                     ):
                         self._flush()
+                    if self.stop_training:
+                        break
                 # No forward pass measures the last update: check its parameters themselves.
                 parameters = self.model.get_parameters()
                 if not all(all_finite(p) for pair in parameters for p in pair):
-                    self._diverged(f"the update of epoch {self.epochs} made parameters NaN or inf")
+                    self._diverged(f"the update of epoch {epoch} made parameters NaN or inf")
+                self._call("on_train_end")
+        except _Interrupted:
+            self._flush()  # the epochs that completed; the one interrupted is dropped
+            error = KeyboardInterrupt()
+            error.history = self.history
+            raise error from None
         except BaseException as exc:
             if self.dp is not None:  # an error of this rank alone would leave the others waiting
                 self.dp.abort_unless_agreed(exc)
             raise
         finally:
-            self.bar.close()
+            self.progress.close()
         return self.history
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
     def _epoch(self, epoch: int) -> dict:
         """One pass over the batches; the epoch's figures, still on the device."""
         model, X, y = self.model, self.X, self.y
         xp, b = model.backend.xp, model.backend
-        self.bar.set_description(f"epoch {epoch}/{self.epochs}", refresh=False)
+        self.progress.start_epoch(epoch)
         start = model.state_dict()
         # Each batch is gathered by its slice of a device permutation: no shuffled copy of
         # the whole data set is made (nor kept alive by a layer's inputs).
@@ -155,6 +188,8 @@ class Run:
             order = self._permutation(X.shape[0], b)
         epoch_figures, reg = [], 0.0
         for i, s in enumerate(self.batches):
+            if self.interrupted:  # Ctrl-C: stop between steps, never inside one
+                raise _Interrupted
             failure = None
             try:
                 if order is None:
@@ -171,7 +206,7 @@ class Run:
                     raise
                 failure = exc  # every rank learns it in this step's all-reduce
             self._update(i, failure)
-            self.bar.update()
+            self.progress.step(lambda: means(model, epoch_figures))
         data_loss, accuracy = self._means(epoch_figures)
         record = {
             "epoch": epoch,
@@ -219,9 +254,12 @@ class Run:
             self.last_good = (values["epoch"], record["start"])
             for key in HISTORY_KEYS:
                 self.history[key].append(values.get(key))
-            every = self.print_every if self.dp is None or self.dp.is_root else 0
+            self.last_epoch = values["epoch"]
+            every = self.print_every if self.is_main else 0
             if every and (values["epoch"] % every == 0 or values["epoch"] == self.epochs):
                 self.bar.write(book_line(values))
+            self.progress.show(values)
+            self._call("on_epoch_end", values["epoch"], {k: values.get(k) for k in HISTORY_KEYS})
 
     def _diverged(self, what: str) -> None:
         """Restore the last state a finite loss vouched for, and raise."""
@@ -240,6 +278,116 @@ class Run:
         if self.dp is not None:  # every rank sees the same reduced figures and parameters
             self.dp.mark_agreed(error)
         raise error
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, seen at a step boundary."""
+
+
+@contextlib.contextmanager
+def _interrupts(run: Run, enabled: bool) -> Iterator[None]:
+    """While training, Ctrl-C only marks the run, which stops before its next step: the model
+    then holds whole steps, never half of one (PyTorch and Keras leave that to chance)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def mark(signum: int, frame: Any) -> None:
+        if run.interrupted:  # a second Ctrl-C: the user insists
+            raise KeyboardInterrupt
+        run.interrupted = True
+
+    previous = signal.signal(signal.SIGINT, mark)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _checked_callbacks(callbacks: Sequence[Callback] | None) -> list[Callback]:
+    callbacks = list(callbacks or ())
+    for c in callbacks:
+        if not isinstance(c, Callback):
+            raise TypeError(f"callbacks must be portnn.callbacks.Callback objects, got {c!r}")
+    return callbacks
+
+
+def _verbosity(
+    verbose: int | None, print_every: int | None, progress: bool | str | None
+) -> tuple[int | None, bool | str | None]:
+    """Keras' ``verbose``: 0 silent, 1 a progress bar (and the book's lines), 2 one line per
+    epoch and no bar; None leaves ``print_every`` and ``progress`` as given."""
+    if verbose is None:
+        return print_every, progress
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise ValueError(f"verbose must be 0, 1, 2 or None, got {verbose!r}")
+    return {0: (None, False), 1: (print_every, True), 2: (1, False)}[verbose]
+
+
+def _split(validation_split: float, validation_data: Any) -> Any:
+    """``validation_split`` as the marker ``_setup`` takes (a float), after its checks."""
+    fraction = real("validation_split", validation_split, 0.0, 1.0, high_open=True)
+    if not fraction:
+        return validation_data
+    if validation_data is not None:
+        raise ValueError("give validation_data or validation_split, not both")
+    return fraction
+
+
+def _held_out(X: Any, y: Any, fraction: float) -> tuple[Any, Any, tuple[Any, Any]]:
+    """The last ``fraction`` of the samples as validation data (before any shuffling, as
+    Keras does), the rest for training."""
+    n = X.shape[0]
+    cut = n - int(round(n * fraction))
+    if not 0 < cut < n:
+        raise ValueError(
+            f"validation_split={fraction} leaves {cut} of {n} samples for training and "
+            f"{n - cut} for validation; both need at least one"
+        )
+    return X[:cut, ...], y[:cut, ...], (X[cut:, ...], y[cut:, ...])
+
+
+class ProgressBars:
+    """The run's progress: one bar for the whole run, or one per epoch when epochs are long
+    (``LONG_EPOCH`` batches or more), with the latest loss and accuracy beside it (read
+    back at most every ``interval`` seconds, so the bar costs no sync per batch). ``keep``
+    leaves the bars on screen at the end."""
+
+    LONG_EPOCH = 100
+
+    def __init__(self, enabled: bool, epochs: int, steps: int, keep: bool = False) -> None:
+        self.enabled, self.epochs, self.steps, self.keep = enabled, epochs, steps, keep
+        self.per_epoch = steps >= self.LONG_EPOCH
+        self.interval, self._shown = 0.5, time.monotonic()
+        total = steps if self.per_epoch else epochs * steps
+        self.bar = tqdm(total=total, disable=not enabled, unit="batch", leave=keep)
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.per_epoch and epoch > 1 and self.enabled:
+            self.bar.close()
+            self.bar = tqdm(total=self.steps, unit="batch", leave=self.keep)
+        self.bar.set_description(f"epoch {epoch}/{self.epochs}", refresh=False)
+
+    def step(self, running: Any) -> None:
+        """One batch done; ``running()`` gives the epoch's figures so far, when shown."""
+        self.bar.update()
+        if self.enabled and time.monotonic() - self._shown > self.interval:
+            loss, accuracy = running()
+            self.bar.set_postfix(loss=number(float(loss)), acc=f"{float(accuracy):.3f}")
+            self._shown = time.monotonic()
+
+    def show(self, values: dict) -> None:
+        """An epoch's final figures."""
+        if self.enabled:
+            self.bar.set_postfix(loss=number(values["loss"]), acc=f"{values['accuracy']:.3f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def number(value: float) -> str:
+    """Three decimals, or three significant digits for what would print as 0.000."""
+    return f"{value:.3e}" if value != 0 and abs(value) < 5e-4 else f"{value:.3f}"
 
 
 def batches(n: int, batch_size: int | None) -> list[slice]:
@@ -288,10 +436,10 @@ def _pair(validation_data: Any) -> tuple[Any, Any]:
 def book_line(v: dict) -> str:
     """The book's progress line for one epoch's figures (and its validation line)."""
     line = (
-        f"epoch: {v['epoch']}, acc: {v['accuracy']:.3f}, loss: {v['loss']:.3f} "
-        f"(data_loss: {v['data_loss']:.3f}, reg_loss: {v['regularization_loss']:.3f}), "
+        f"epoch: {v['epoch']}, acc: {v['accuracy']:.3f}, loss: {number(v['loss'])} "
+        f"(data_loss: {number(v['data_loss'])}, reg_loss: {number(v['regularization_loss'])}), "
         f"lr: {v['learning_rate']:.10g}"
     )
     if v.get("val_loss") is not None:
-        line += f"\nvalidation, acc: {v['val_accuracy']:.3f}, loss: {v['val_loss']:.3f}"
+        line += f"\nvalidation, acc: {v['val_accuracy']:.3f}, loss: {number(v['val_loss'])}"
     return line
