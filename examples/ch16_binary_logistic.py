@@ -13,44 +13,51 @@ loss: 0.264 (data_loss: 0.211, reg_loss: 0.052)`` and ``validation, acc: 0.905, 
 import argparse
 
 import portnn as pn
+from portnn.cli import run_script
 
-parser = argparse.ArgumentParser(description="The book's chapter 16 run (binary logistic).")
-parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
-parser.add_argument("--epochs", type=int, default=10001)
-parser.add_argument("--print-every", type=int, default=1000, help="the book prints every 100")
-parser.add_argument("--plot", metavar="PATH", help="save the decision regions to a PNG")
-args = parser.parse_args()
-if args.backend:
-    pn.set_backend(args.backend)
 
-pn.seed(0)
-X, y = pn.datasets.spiral(100, 2)
-y = y.reshape(-1, 1)  # one output per sample: 0 or 1
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The book's chapter 16 run (binary logistic).")
+    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
+    parser.add_argument("--epochs", type=int, default=10001)
+    parser.add_argument("--print-every", type=int, default=1000, help="the book prints every 100")
+    parser.add_argument("--plot", metavar="PATH", help="save the decision regions to a PNG")
+    args = parser.parse_args()
+    if args.backend:
+        pn.set_backend(args.backend)
 
-model = pn.Model(
-    [
-        pn.Dense(2, 64, weight_regularizer_l2=5e-4, bias_regularizer_l2=5e-4),
-        pn.ReLU(),
-        pn.Dense(64, 1),
-        pn.Sigmoid(),
-    ]
-)
-model.set(
-    loss=pn.BinaryCrossentropy(),
-    optimizer=pn.Adam(decay=5e-7),
-    accuracy=pn.BinaryAccuracy(),  # the book's Accuracy_Categorical(binary=True)
-)
+    pn.seed(0)
+    X, y = pn.datasets.spiral(100, 2)
+    y = y.reshape(-1, 1)  # one output per sample: 0 or 1
 
-# Drawn after the weights, as in the book, so seed 0 gives the book's test data too.
-X_test, y_test = pn.datasets.spiral(100, 2)
-y_test = y_test.reshape(-1, 1)
+    model = pn.Model(
+        [
+            pn.Dense(2, 64, weight_regularizer_l2=5e-4, bias_regularizer_l2=5e-4),
+            pn.ReLU(),
+            pn.Dense(64, 1),
+            pn.Sigmoid(),
+        ]
+    )
+    model.set(
+        loss=pn.BinaryCrossentropy(),
+        optimizer=pn.Adam(decay=5e-7),
+        accuracy=pn.BinaryAccuracy(),  # the book's Accuracy_Categorical(binary=True)
+    )
 
-# Prints the book's lines; the last two are the final figures.
-model.train(
-    X, y, epochs=args.epochs, validation_data=(X_test, y_test), print_every=args.print_every
-)
+    # Drawn after the weights, as in the book, so seed 0 gives the book's test data too.
+    X_test, y_test = pn.datasets.spiral(100, 2)
+    y_test = y_test.reshape(-1, 1)
 
-if args.plot:
-    from portnn.plot import plot_decision_regions
+    # Prints the book's lines; the last two are the final figures.
+    model.train(
+        X, y, epochs=args.epochs, validation_data=(X_test, y_test), print_every=args.print_every
+    )
 
-    print("saved", plot_decision_regions(model, X_test, y_test, args.plot, title="chapter 16"))
+    if args.plot:
+        from portnn.plot import plot_decision_regions
+
+        print("saved", plot_decision_regions(model, X_test, y_test, args.plot, title="chapter 16"))
+
+
+if __name__ == "__main__":
+    run_script(main)  # errors in one line, as the portnn command reports them

@@ -17,58 +17,77 @@ import argparse
 import numpy as np
 
 import portnn as pn
+from portnn.cli import run_script
 
-parser = argparse.ArgumentParser(description="The book's chapter 19 run (Fashion-MNIST).")
-parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
-parser.add_argument("--epochs", type=int, default=10)
-parser.add_argument("--batch-size", type=int, default=128)
-parser.add_argument("--data", metavar="FOLDER", help="where the Fashion-MNIST files are")
-parser.add_argument("--download", action="store_true", help="fetch the files if missing")
-parser.add_argument("--synthetic", action="store_true", help="random data of the real shape")
-parser.add_argument("--samples", type=int, help="train on the first N samples (test on N/6)")
-parser.add_argument("--save", metavar="PATH", help="save the trained model (for portnn predict)")
-parser.add_argument("--plot", metavar="PATH", help="save loss, accuracy and lr to a PNG")
-args = parser.parse_args()
-if args.backend:
-    pn.set_backend(args.backend)
-pn.seed(0)
 
-if args.synthetic:
-    rng = np.random.default_rng(0)
-    X = rng.uniform(-1, 1, (60_000, 784)).astype(np.float32)
-    X_test = rng.uniform(-1, 1, (10_000, 784)).astype(np.float32)
-    y, y_test = rng.integers(0, 10, 60_000, np.uint8), rng.integers(0, 10, 10_000, np.uint8)
-else:
-    try:
-        X, y, X_test, y_test = pn.datasets.fashion_mnist(args.data, download=args.download)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"{exc}\nOr try the script on random data with --synthetic.") from None
-if args.samples:
-    X, y = X[: args.samples], y[: args.samples]
-    X_test, y_test = X_test[: max(1, args.samples // 6)], y_test[: max(1, args.samples // 6)]
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The book's chapter 19 run (Fashion-MNIST).")
+    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--print-every", type=int, default=1, help="epochs between progress lines")
+    parser.add_argument("--data", metavar="FOLDER", help="where the Fashion-MNIST files are")
+    parser.add_argument("--download", action="store_true", help="fetch the files if missing")
+    parser.add_argument("--synthetic", action="store_true", help="random data of the real shape")
+    parser.add_argument("--samples", type=int, help="train on the first N samples (test on N/6)")
+    parser.add_argument(
+        "--save", metavar="PATH", help="save the trained model (for portnn predict)"
+    )
+    parser.add_argument("--plot", metavar="PATH", help="save loss, accuracy and lr to a PNG")
+    args = parser.parse_args()
+    if args.backend:
+        pn.set_backend(args.backend)
+    pn.seed(0)
 
-model = pn.Model(
-    [
-        pn.Dense(X.shape[1], 128),
-        pn.ReLU(),
-        pn.Dense(128, 128),
-        pn.ReLU(),
-        pn.Dense(128, 10),
-        pn.Softmax(),
-    ]
-)
-model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(decay=1e-3))
+    if args.synthetic:
+        rng = np.random.default_rng(0)
+        X = rng.uniform(-1, 1, (60_000, 784)).astype(np.float32)
+        X_test = rng.uniform(-1, 1, (10_000, 784)).astype(np.float32)
+        y, y_test = rng.integers(0, 10, 60_000, np.uint8), rng.integers(0, 10, 10_000, np.uint8)
+    else:
+        try:
+            X, y, X_test, y_test = pn.datasets.fashion_mnist(args.data, download=args.download)
+        except FileNotFoundError:
+            where = args.data or pn.datasets.default_data_dir()
+            raise FileNotFoundError(
+                f"Fashion-MNIST was not found in {where}; pass --download to fetch it (about "
+                "30 MB), --data FOLDER to read it from FOLDER, or --synthetic for random data"
+            ) from None
+    if args.samples:
+        X, y = X[: args.samples], y[: args.samples]
+        X_test, y_test = X_test[: max(1, args.samples // 6)], y_test[: max(1, args.samples // 6)]
 
-history = model.train(
-    X, y, validation_data=(X_test, y_test), epochs=args.epochs, batch_size=args.batch_size
-)
-loss, accuracy = model.evaluate(X_test, y_test)
-print(f"test ({len(X_test)} images), acc: {accuracy:.3f}, loss: {loss:.3f}")
+    model = pn.Model(
+        [
+            pn.Dense(X.shape[1], 128),
+            pn.ReLU(),
+            pn.Dense(128, 128),
+            pn.ReLU(),
+            pn.Dense(128, 10),
+            pn.Softmax(),
+        ]
+    )
+    model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(decay=1e-3))
 
-if args.save:
-    model.save(args.save)
-    print("saved", args.save)
-if args.plot:
-    from portnn.plot import plot_history
+    history = model.train(
+        X,
+        y,
+        validation_data=(X_test, y_test),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        print_every=args.print_every,
+    )
+    loss, accuracy = model.evaluate(X_test, y_test)
+    print(f"test ({len(X_test)} images), acc: {accuracy:.3f}, loss: {loss:.3f}")
 
-    print("saved", plot_history(history, args.plot, title="chapter 19"))
+    if args.save:
+        model.save(args.save)
+        print("saved", args.save)
+    if args.plot:
+        from portnn.plot import plot_history
+
+        print("saved", plot_history(history, args.plot, title="chapter 19"))
+
+
+if __name__ == "__main__":
+    run_script(main)  # errors in one line, as the portnn command reports them

@@ -9,13 +9,20 @@
   split (the data itself where there is none).
 - ``portnn predict MODEL IMAGE``: the book's chapter 22 inference on one image file.
 
+Every command takes ``--threads N``: the threads of the BLAS/OpenMP pools and torch
+(``portnn.set_num_threads``). Without it, ``train`` and ``evaluate`` use one thread for the
+small datasets (``SMALL_DATASETS``) and leave the libraries' defaults for the others.
+
 Errors are one line on stderr, ``portnn: error: ...``, with exit status 1 (2 for a bad
-command line); set ``PORTNN_DEBUG=1`` to see the traceback instead.
+command line); set ``PORTNN_DEBUG=1`` to see the traceback instead. Ctrl-C ends with
+``portnn: interrupted`` and status 130; output closed early (``portnn info | head -2``) ends
+quietly with status 0. ``run_script`` gives a script the same behaviour (the examples use it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import math
@@ -26,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -39,6 +46,11 @@ from .layers import Dense
 
 PROG = "portnn"
 DATASETS = tuple(recipes.RECIPES)
+# One thread by default for these: their matrix products (about a thousand rows by 64 to 128
+# columns at most, with the default --hidden) are too small for a second thread to pay for, and
+# on a busy machine the extra threads spin (measured: README, "The portnn command").
+# Fashion-MNIST's can gain on an idle machine, so it keeps the libraries' own count.
+SMALL_DATASETS = ("spiral", "vertical", "sine", "digits")
 
 
 class _UsageError(Exception):
@@ -53,6 +65,15 @@ class _Parser(argparse.ArgumentParser):
 def _load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """``datasets.load``: the same seed gives the same data in train and evaluate. A missing
     Fashion-MNIST names the options that find or fetch it."""
+    folder = Path(args.data).expanduser() if args.data else None
+    if folder is not None and args.dataset == "fashion-mnist":
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"--data {args.data}: it is a file, not a folder")
+        if not folder.exists() and not args.download:  # --download creates it
+            raise FileNotFoundError(
+                f"--data {args.data}: the folder does not exist (--download creates it and "
+                "fetches Fashion-MNIST into it)"
+            )
     try:
         return datasets.load(args.dataset, path=args.data, download=args.download, seed=args.seed)
     except FileNotFoundError as exc:
@@ -114,7 +135,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(("  " + "  ".join(cells)).rstrip())
     for note in notes:
         print(note)
+    pools = ", ".join(f"{name} {n}" for name, n in pn.get_num_threads().items())
+    print(f"threads: {_cpus()} CPUs; {pools or 'no BLAS or OpenMP pool loaded'}")
     return 0
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _library_version(module: str) -> str:
@@ -163,7 +194,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     batches = "full batch" if batch_size is None else f"batches of {batch_size}"
     say(
         f"training: {epochs} epochs, {batches}, "
-        f"on {backend.name} ({backend.dtype_name}, {_device_name(backend.device)})"
+        f"on {backend.name} ({backend.dtype_name}, {_device_name(backend.device)}){_threads_used()}"
     )
     validation = (X_test, y_test) if recipe.validate and X_test is not None else None
     start = time.perf_counter()
@@ -195,7 +226,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads_used() -> str:
+    """``, 1 CPU thread``, or each pool's count where they differ; empty where none is seen."""
+    counts = pn.get_num_threads()
+    if len(set(counts.values())) == 1:
+        n = next(iter(counts.values()))
+        return f", {n} CPU thread{'s' if n > 1 else ''}"
+    return (", CPU threads: " + ", ".join(f"{k} {n}" for k, n in counts.items())) if counts else ""
+
+
 def _load_model(path: str, backend: str | None) -> Any:
+    if Path(path).expanduser().is_dir():
+        raise IsADirectoryError(f"{path}: it is a folder, not a model file")
     if not Path(path).expanduser().is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     return pn.Model.load(Path(path).expanduser(), backend=backend)
@@ -285,6 +327,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {pn.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    def threads(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument(
+            "--threads",
+            type=positive,
+            metavar="N",
+            help=f"threads of the BLAS/OpenMP pools and torch (default: {default})",
+        )
+
     def common(p: argparse.ArgumentParser, *, data: bool) -> None:
         p.add_argument(
             "--backend",
@@ -303,7 +353,10 @@ def _parser() -> argparse.ArgumentParser:
                 help="seed of the data and initial weights (default 0: the book's)",
             )
 
-    sub.add_parser("info", help="versions, backends and devices").set_defaults(run=_cmd_info)
+    info = sub.add_parser("info", help="versions, backends, devices and threads")
+    threads(info, "the libraries' own")
+    info.set_defaults(run=_cmd_info)
+    small = f"1 for {', '.join(SMALL_DATASETS)}, else the libraries' own"
 
     defaults = "; ".join(f"{name}: {r.settings}" for name, r in recipes.RECIPES.items())
     train = sub.add_parser(
@@ -329,6 +382,7 @@ def _parser() -> argparse.ArgumentParser:
     arg("--plot-regions", metavar="PATH", help="plot the decision regions to a PNG (2-D data)")
     arg("--quiet", action="store_true", help="print only the final figures")
     common(train, data=True)
+    threads(train, small)
     train.set_defaults(run=_cmd_train)
 
     evaluate = sub.add_parser(
@@ -341,6 +395,7 @@ def _parser() -> argparse.ArgumentParser:
     arg("dataset", type=dataset, metavar="DATASET", help=", ".join(DATASETS))
     arg("--batch-size", type=positive, metavar="N", help="samples per forward pass")
     common(evaluate, data=True)
+    threads(evaluate, small)
     evaluate.set_defaults(run=_cmd_evaluate)
 
     predict = sub.add_parser(
@@ -358,6 +413,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the image is already light on dark, as Fashion-MNIST's are",
     )
     common(predict, data=False)
+    threads(predict, "the libraries' own")
     predict.set_defaults(run=_cmd_predict)
     return parser
 
@@ -367,14 +423,63 @@ def _one_line(exc: BaseException | str) -> str:
 
 
 def _message(exc: BaseException) -> str:
+    from .datasets.fashion import URL_ENV
     from .io import ModelFileError
 
     if isinstance(exc, FileNotFoundError) and exc.filename is not None:
         return f"{exc.filename}: no such file or directory"
     expected = (ModelFileError, OSError, ValueError, ImportError, RuntimeError)
     if isinstance(exc, (*expected, ArithmeticError, TypeError)):
-        return _one_line(exc)
+        # base_url= is fashion_mnist()'s argument: from a command, the variable is the way
+        return _one_line(exc).replace(f"base_url= or {URL_ENV}", URL_ENV)
     return f"unexpected {type(exc).__name__}: {_one_line(exc)} (set PORTNN_DEBUG=1 for details)"
+
+
+def _report(run: Callable[[], int | None], prog: str) -> int:
+    """``run()``'s exit status, its failures reported in one line on stderr: an error as
+    ``PROG: error: ...`` with 1 (``PORTNN_DEBUG=1``: the traceback), Ctrl-C as
+    ``PROG: interrupted`` with 130, and output closed early (``| head``) quietly with 0."""
+    try:
+        code = run()
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's own flush at exit
+        return code or 0
+    except BrokenPipeError:
+        # Whoever reads has seen enough. Python flushes stdout again at exit: point it at
+        # os.devnull so that flush finds no closed pipe (the recipe of Python's signal docs).
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("PORTNN_DEBUG"):
+            raise
+        print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
+        return 1
+
+
+def run_script(main: Callable[[], int | None], prog: str | None = None) -> NoReturn:
+    """Run a script's ``main()`` as the ``portnn`` command runs its commands, then exit:
+    ``if __name__ == "__main__": run_script(main)``. An error is one line on stderr,
+    ``PROG: error: ...``, exit status 1 (set ``PORTNN_DEBUG=1`` for the traceback); Ctrl-C
+    prints ``PROG: interrupted`` and exits 130; a closed pipe (``| head``) exits 0 quietly.
+    ``main`` returns None or an exit status; ``prog`` defaults to the script's file name."""
+    raise SystemExit(_report(main, prog or Path(sys.argv[0]).name))
+
+
+def _threads(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """``--threads`` (or the small datasets' 1) for the command, the libraries' own after it.
+    The libraries come first, so that torch's own pool is among those set."""
+    n = args.threads
+    if n is None and args.command in ("train", "evaluate") and args.dataset in SMALL_DATASETS:
+        n = 1
+    if n is None:
+        return contextlib.nullcontext()
+    for name in BACKENDS if args.command == "info" else [None]:
+        with contextlib.suppress(ImportError, RuntimeError, ValueError):  # the command says so
+            pn.get_backend(name)
+    return pn.num_threads(n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -390,16 +495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        if getattr(args, "backend", None) is None:
+
+    def run() -> int:
+        backend = getattr(args, "backend", None)
+        with pn.use_backend(backend) if backend else contextlib.nullcontext(), _threads(args):
             return args.run(args)
-        with pn.use_backend(args.backend):
-            return args.run(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if os.environ.get("PORTNN_DEBUG"):
-            raise
-        print(f"{PROG}: error: {_message(exc)}", file=sys.stderr)
-        return 1
+
+    return _report(run, PROG)

@@ -3,6 +3,7 @@
 import errno
 import gzip
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -60,6 +61,19 @@ def test_info(capsys):
         assert f"\n  {name} " in out
     numpy_row = next(line for line in out.splitlines() if line.startswith("  numpy "))
     assert np.__version__ in numpy_row and "yes" in numpy_row and "float32" in numpy_row
+    threads = out.splitlines()[-1]
+    assert re.fullmatch(r"threads: \d+ CPUs; .+", threads), threads
+    for name, n in pn.get_num_threads().items():  # info loaded every usable library
+        assert f"{name} {n}" in threads
+
+
+def test_info_with_threads_shows_the_counts_it_set(capsys):
+    before = pn.get_num_threads()
+    code, out, err = run(capsys, "info --threads 3")
+    assert code == 0 and err == ""
+    pools = out.splitlines()[-1].split("; ", 1)[1].split(", ")
+    assert pools and all(pool.endswith(" 3") for pool in pools), pools
+    assert pn.get_num_threads() == before  # given back when the command ends
 
 
 def test_python_m_portnn_info():
@@ -227,6 +241,23 @@ ERRORS = {
         lambda t: ["train", "sine", "--plot-regions", t / "r.png"],
         "--plot-regions draws 2-D data",
     ),
+    "zero threads": (lambda t: ["info", "--threads", "0"], "--threads: must be a positive integer"),
+    "threads not a number": (
+        lambda t: ["train", "spiral", "--threads", "all"],
+        "--threads: must be a positive integer, got 'all'",
+    ),
+    "model is a folder": (
+        lambda t: ["evaluate", t, "spiral"],
+        "it is a folder, not a model file",
+    ),
+    "--data folder missing": (
+        lambda t: ["train", "fashion-mnist", "--data", t / "nope"],
+        "nope: the folder does not exist",
+    ),
+    "--data is a file": (
+        lambda t: ["train", "fashion-mnist", "--data", _a_file(t)],
+        "notes.txt: it is a file, not a folder",
+    ),
 }
 
 
@@ -334,3 +365,167 @@ def test_unusable_backend_is_one_line(capsys, monkeypatch):
 def test_no_command_prints_help(capsys):
     code, out, _ = run(capsys)
     assert code == 2 and "usage: portnn" in out
+
+
+def test_download_failure_names_the_variable_not_a_python_argument(capsys, monkeypatch, tmp_path):
+    mirror = tmp_path / "mirror"  # a file:// mirror that is not there: no network needed
+    monkeypatch.setenv("PORTNN_FASHION_MNIST_URL", mirror.as_uri())
+    code, out, err = run(capsys, "train fashion-mnist --download --data", tmp_path / "data")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("portnn: error: downloading train-images-idx3-ubyte.gz from file:")
+    assert "set PORTNN_FASHION_MNIST_URL to use a mirror" in err and "base_url" not in err
+
+
+# (command, threads expected while it runs: a count, or None for the libraries' own)
+THREADS = {
+    "train spiral": ("train spiral --epochs 1", 1),
+    "train sine": ("train sine --epochs 1 --hidden 8", 1),
+    "train digits": ("train digits --epochs 1", 1),
+    "train --threads 2": ("train vertical --epochs 1 --threads 2", 2),
+    "train fashion-mnist": ("train fashion-mnist --epochs 1 --data {fashion}", None),
+    "train fashion-mnist --threads 1": (
+        "train fashion-mnist --epochs 1 --threads 1 --data {fashion}",
+        1,
+    ),
+    "evaluate spiral": ("evaluate {model} spiral", 1),
+    "evaluate --threads 3": ("evaluate {model} vertical --threads 3", 3),
+    "predict": ("predict {model} {image}", None),
+    "predict --threads 2": ("predict {model} {image} --threads 2", 2),
+    "info --threads 1": ("info --threads 1", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(THREADS))
+def test_threads_while_a_command_runs(capsys, monkeypatch, backend_name, tmp_path, case):
+    command, expected = THREADS[case]
+    if "digits" in command:
+        pytest.importorskip("sklearn")
+    paths = {}
+    if "{fashion}" in command or "predict" in command:
+        paths["fashion"] = _tiny_fashion(tmp_path)
+    if "{model}" in command:
+        paths["model"] = tmp_path / "m.npz"
+        dataset = ["fashion-mnist", "--data", paths["fashion"]] if "predict" in command else []
+        trained = ["train", *(dataset or ["spiral"]), "--epochs", "1", "--quiet"]
+        assert main([*map(str, trained), "--save", str(paths["model"])]) == 0
+    if "{image}" in command:
+        paths["image"] = _png(tmp_path)
+    argv = command.format(**paths).split() + ["--backend", backend_name] * (
+        not command.startswith("info")
+    )
+    pn.get_backend(backend_name)  # its library loaded, as the command loads it
+    before = pn.get_num_threads()
+    seen = []
+    for name in ("_cmd_info", "_cmd_train", "_cmd_evaluate", "_cmd_predict"):
+        real = getattr(portnn.cli, name)
+        monkeypatch.setattr(
+            portnn.cli,
+            name,
+            lambda args, real=real: (seen.append(pn.get_num_threads()), real(args))[1],
+        )
+    capsys.readouterr()
+    code, out, err = run(capsys, "", *argv)
+    assert code == 0, err
+    assert len(seen) == 1
+    if expected is None:
+        assert seen[0] == before
+    else:
+        assert set(seen[0].values()) == {expected}, seen[0]
+        assert "torch" in seen[0] or backend_name != "torch"  # torch's own pool set too
+    if command.startswith("train"):
+        shown = f", {expected} CPU thread{'s' * (expected != 1)}" if expected else ""
+        assert shown in out
+    assert pn.get_num_threads() == before  # the libraries' own counts, given back
+
+
+def _tiny_fashion(tmp_path):
+    folder = tmp_path / "tiny-fashion"
+    folder.mkdir()
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", np.zeros((n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
+def _closed_pipe():
+    """The write end of a pipe whose reader has gone, as ``| head`` leaves it: every write to
+    it fails (EPIPE), at the first print or at Python's last flush."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info"],  # a few lines: they meet the closed pipe at the final flush
+        ["train", "vertical", "--epochs", "300", "--print-every", "1"],  # 20 kB: while printing
+    ],
+    ids=["info", "train"],
+)
+def test_a_closed_pipe_ends_quietly(argv, backend_name):
+    write = _closed_pipe()
+    env = {**os.environ, "PORTNN_BACKEND": backend_name}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "portnn", *argv],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 0 and result.stderr == ""
+
+
+def test_interrupt_is_one_line_and_130(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(portnn.cli, "_cmd_train", interrupted)
+    code, out, err = run(capsys, "train spiral")
+    assert (code, out, err) == (130, "", "portnn: interrupted\n")
+
+
+def _raise(exc):
+    def main():
+        raise exc
+
+    return main
+
+
+# main() of a script: (the function, its exit status, what it prints on stderr)
+RUN_SCRIPT = {
+    "returns None": (lambda: None, 0, ""),
+    "returns a status": (lambda: 3, 3, ""),
+    "error": (_raise(ValueError("bad\n  value")), 1, "demo.py: error: bad value\n"),
+    "missing file": (
+        _raise(FileNotFoundError(2, "No such file or directory", "x.npz")),
+        1,
+        "demo.py: error: x.npz: no such file or directory\n",
+    ),
+    "unexpected": (
+        _raise(KeyError("k")),
+        1,
+        "demo.py: error: unexpected KeyError: 'k' (set PORTNN_DEBUG=1 for details)\n",
+    ),
+    "Ctrl-C": (_raise(KeyboardInterrupt()), 130, "demo.py: interrupted\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_SCRIPT))
+def test_run_script(capsys, monkeypatch, case):
+    main_, status, stderr = RUN_SCRIPT[case]
+    monkeypatch.setattr(sys, "argv", ["/some/where/demo.py"])
+    with pytest.raises(SystemExit) as exit_:
+        portnn.cli.run_script(main_)
+    assert exit_.value.code == status
+    assert capsys.readouterr().err == stderr
+
+
+def test_run_script_with_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv("PORTNN_DEBUG", "1")
+    with pytest.raises(ValueError, match="bad"):
+        portnn.cli.run_script(_raise(ValueError("bad")), prog="demo")

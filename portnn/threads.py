@@ -1,0 +1,101 @@
+"""How many threads the CPU libraries under portnn use: the BLAS and OpenMP pools (NumPy's
+OpenBLAS or MKL, any libgomp) through threadpoolctl, and PyTorch's intra-op pool.
+
+The book's networks are small: a spiral epoch is a few products of 300 x 64 matrices, far
+below what a second thread pays for, and on a busy machine the pools' threads spin waiting
+for each other (seen on a shared 2-core VM: ``portnn train sine`` 482 s with the default
+threads, 22 s with ``OPENBLAS_NUM_THREADS=1``; torch 6.0 s against 0.7 s). portnn never
+changes the pools on import; ``set_num_threads`` and ``num_threads`` do it when asked, and the
+``portnn`` command uses one thread for its small datasets (``portnn train --help``).
+
+Only libraries already loaded are reached: torch is set when it has been imported (portnn
+never imports it for this), and a library loaded later starts with its own default. Choose
+the backend first (``pn.set_backend("torch")``), then the threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._checks import integer
+
+__all__ = ["get_num_threads", "num_threads", "set_num_threads"]
+
+
+def _count(n: Any) -> int:
+    return integer("the number of threads", n, 1)  # any integer (NumPy's too), never a bool
+
+
+def _torch() -> Any:
+    """torch's module if this process has imported it, else None (never imports it)."""
+    return sys.modules.get("torch")
+
+
+def _pool_name(info: dict[str, Any]) -> str:
+    """``openblas (numpy)``: the library's kind and the package that ships it."""
+    path = Path(info.get("filepath") or "")
+    parts = path.parts
+    owner = path.name
+    if "site-packages" in parts and parts.index("site-packages") + 1 < len(parts) - 1:
+        owner = parts[parts.index("site-packages") + 1].removesuffix(".libs")
+    return f"{info.get('internal_api', '?')} ({owner})"
+
+
+def get_num_threads() -> dict[str, int]:
+    """The thread count of each pool that ``set_num_threads`` reaches, as loaded now: one
+    entry per BLAS or OpenMP library threadpoolctl finds, named by its kind and the package
+    that ships it (``"openblas (numpy)"``, ``"openmp (torch)"``), and ``"torch"`` (its
+    intra-op threads) when torch is imported."""
+    from threadpoolctl import threadpool_info
+
+    counts: dict[str, int] = {}
+    for info in threadpool_info():
+        name, k = _pool_name(info), 2
+        while name in counts:  # two copies of one library (each wheel vendors its own)
+            name, k = f"{_pool_name(info)} #{k}", k + 1
+        counts[name] = int(info["num_threads"])
+    torch = _torch()
+    if torch is not None:
+        counts["torch"] = int(torch.get_num_threads())
+    return counts
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads (an integer >= 1) in every BLAS and OpenMP pool loaded now and, when
+    torch is imported, in torch's intra-op pool (``torch.set_num_threads``), until changed.
+    A bad ``n`` raises ValueError and changes nothing."""
+    n = _count(n)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n)
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def num_threads(n: int) -> contextlib.AbstractContextManager[None]:
+    """``with pn.num_threads(1): model.train(...)``: ``set_num_threads(n)`` for the block;
+    every pool it changed gets its own count back on the way out, on error too. A bad ``n``
+    raises ValueError here, at the call."""
+    return _limited(_count(n))
+
+
+@contextlib.contextmanager
+def _limited(n: int) -> Iterator[None]:
+    from threadpoolctl import threadpool_limits
+
+    torch = _torch()
+    torch_before = torch.get_num_threads() if torch is not None else None
+    limits = threadpool_limits(limits=n)
+    try:
+        if torch is not None:
+            torch.set_num_threads(n)
+        yield
+    finally:
+        limits.restore_original_limits()
+        if torch is not None and torch_before is not None:
+            torch.set_num_threads(torch_before)
