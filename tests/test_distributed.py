@@ -50,6 +50,8 @@ def mpirun(n: int, mode: str, out: Path, cases=None, timeout: float = TIMEOUT):
     """Run the worker on ``n`` ranks; the completed process, with ``.seconds`` and ``.output``
     (stdout and stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    # Open MPI (the GPU machine's) refuses root without these; MPICH ignores them.
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env.pop("PORTNN_BACKEND", None)
     command = [MPIEXEC, "-n", str(n), sys.executable, "worker.py", mode, str(out)]
     if cases is not None:

@@ -87,11 +87,26 @@ def _load(cls: type[Backend]) -> tuple[Any, Any]:
     return cls.load()
 
 
-@functools.cache
+_MADE: dict[tuple, Backend] = {}
+
+
 def _make(name: str, dtype: str, device: Any = None) -> Backend:
-    cls = _CLASSES[name]
-    xp, _ = _load(cls)
-    return cls(xp, cls.resolve_device(device), getattr(xp, dtype))
+    """The one Backend of (name, dtype, device), made once. Keyed by the device's text, not
+    the device: CuPy's Device objects cannot be hashed (CuPy 14)."""
+    key = (name, dtype, None if device is None else _device_key(device))
+    made = _MADE.get(key)
+    if made is None:
+        cls = _CLASSES[name]
+        xp, _ = _load(cls)
+        made = _MADE[key] = cls(xp, cls.resolve_device(device), getattr(xp, dtype))
+    return made
+
+
+_make.cache_clear = _MADE.clear  # what a test that swaps a library out calls
+
+
+def _device_key(device: Any) -> str:
+    return f"{type(device).__name__}:{getattr(device, 'id', device)}"
 
 
 def _check(name: str, dtype: str | None) -> tuple[str, str]:

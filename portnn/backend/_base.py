@@ -5,7 +5,7 @@ the portable versions here stay the reference that the overrides are tested agai
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
@@ -45,6 +45,8 @@ class Backend:
 
     name: ClassVar[str]
     extra: ClassVar[str]
+    # Whether portnn.distributed can sum this library's GPU arrays with NCCL (CuPy's).
+    has_nccl: ClassVar[bool] = False
 
     xp: ModuleType
     device: Any
@@ -154,6 +156,29 @@ class Backend:
         detected from the loss and reported as one clear error instead."""
         yield
 
+    # --- across processes (portnn.distributed's GPU paths, never run on a GPU yet) --------
+    def to_host(self, x: Any) -> np.ndarray:
+        """A C-contiguous NumPy copy of one of this backend's arrays, for an MPI collective to
+        write in place (the ``staged`` path); ``from_host`` brings it back."""
+        return np.ascontiguousarray(self.to_numpy(x))
+
+    def from_host(self, host: np.ndarray) -> Any:
+        """A host array (``to_host``'s, after the collective) back on this device."""
+        return self.asarray(host)
+
+    @classmethod
+    def nccl_available(cls) -> bool:
+        """Whether NCCL can sum this library's arrays here (``has_nccl`` and NCCL installed)."""
+        return False
+
+    def nccl_allreduce(
+        self, rank: int, size: int, share: Callable[[Any], Any]
+    ) -> Callable[[Any], None]:
+        """An NCCL communicator of ``size`` ranks on this device, as a function that sums one
+        of this library's contiguous arrays in place across them. ChainerMN's bootstrap: rank 0
+        makes the unique id, and ``share`` (an MPI broadcast from rank 0) gives it to all."""
+        raise RuntimeError(f"the {self.name!r} backend cannot sum its arrays with NCCL")
+
     # --- update rules: the portable references; a library may fuse them -------------------
     @staticmethod
     def adam_update(
@@ -178,3 +203,7 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, device={self.device!r}, dtype={self.dtype_name!r})"
+
+    def __hash__(self) -> int:
+        # By the device's text: CuPy's Device objects cannot be hashed (CuPy 14).
+        return hash((type(self), self.dtype_name, str(self.device)))

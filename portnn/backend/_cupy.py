@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -15,6 +16,7 @@ from ._base import Backend
 class CupyBackend(Backend):
     name = "cupy"
     extra = "'portnn[cupy]'"
+    has_nccl = True
 
     @classmethod
     def load(cls) -> tuple[ModuleType, Any]:
@@ -82,11 +84,38 @@ class CupyBackend(Backend):
     def permutation(self, generator: Any, n: int) -> Any:
         return self.xp.argsort(self.uniform(generator, (n,)))
 
+    @classmethod
+    def nccl_available(cls) -> bool:
+        try:
+            from cupy.cuda import nccl
+        except ImportError:
+            return False
+        return bool(getattr(nccl, "available", True))
+
+    def nccl_allreduce(
+        self, rank: int, size: int, share: Callable[[Any], Any]
+    ) -> Callable[[Any], None]:
+        # portnn.distributed's "nccl" path: written, never run on a GPU (off by default).
+        import cupy
+        from cupy.cuda import nccl
+
+        uid = share(nccl.get_unique_id() if rank == 0 else None)
+        with self.device:
+            comm = nccl.NcclCommunicator(size, uid, rank)
+        kind = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64}[self.dtype_name]
+
+        def allreduce(x: Any) -> None:
+            ptr, stream = x.data.ptr, cupy.cuda.get_current_stream().ptr
+            comm.allReduce(ptr, ptr, x.size, kind, nccl.NCCL_SUM, stream)
+
+        return allreduce
+
     @staticmethod
     def adam_update(param, grad, m, v, beta_1, beta_2, scale, eps):
-        # One kernel launch instead of about eight, behind PORTNN_CUPY_FUSED=1 until it has
-        # passed the kernels-versus-portable tests on a GPU (.ci/gpu_check.sh runs them).
-        if os.environ.get("PORTNN_CUPY_FUSED") != "1":
+        # One kernel launch instead of about eight. It matched the portable reference to
+        # float32 rounding (FMA) on an H200, through the optimizer and model suites
+        # (.ci/gpu_check.sh kernels); PORTNN_CUPY_FUSED=0 runs the portable version.
+        if os.environ.get("PORTNN_CUPY_FUSED") == "0":
             return Backend.adam_update(param, grad, m, v, beta_1, beta_2, scale, eps)
         dt = param.dtype.type
         constants = (beta_1, 1 - beta_1, beta_2, 1 - beta_2, scale, eps)
