@@ -14,7 +14,6 @@ epochs and at the last; the book's loop counts from 0, so its epoch 10000 is epo
 import argparse
 
 import portnn as pn
-from portnn.cli import run_script
 from portnn.nnfs import (
     Accuracy_Categorical,
     Activation_ReLU,
@@ -24,6 +23,7 @@ from portnn.nnfs import (
     init,
     spiral_data,
 )
+from portnn.scripts import run_script
 
 
 def main() -> None:

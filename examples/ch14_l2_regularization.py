@@ -13,7 +13,6 @@ validation pass on a fresh spiral_data(100, 3). The book ends near ``acc: 0.95, 
 import argparse
 
 import portnn as pn
-from portnn.cli import run_script
 from portnn.nnfs import (
     Accuracy_Categorical,
     Activation_ReLU,
@@ -23,6 +22,7 @@ from portnn.nnfs import (
     init,
     spiral_data,
 )
+from portnn.scripts import run_script
 
 
 def main() -> None:

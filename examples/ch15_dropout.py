@@ -18,7 +18,6 @@ when called with ``training=True`` (which a Model does for you).
 import argparse
 
 import portnn as pn
-from portnn.cli import run_script
 from portnn.nnfs import (
     Accuracy_Categorical,
     Activation_ReLU,
@@ -29,6 +28,7 @@ from portnn.nnfs import (
     init,
     spiral_data,
 )
+from portnn.scripts import run_script
 
 
 def main() -> None:

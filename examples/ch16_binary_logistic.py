@@ -13,7 +13,7 @@ loss: 0.264 (data_loss: 0.211, reg_loss: 0.052)`` and ``validation, acc: 0.905, 
 import argparse
 
 import portnn as pn
-from portnn.cli import run_script
+from portnn.scripts import run_script
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ Dense here says ``weight_scale=0.1``, as the book's own code must with portnn.nn
 import argparse
 
 import portnn as pn
-from portnn.cli import run_script
+from portnn.scripts import run_script
 
 
 def main() -> None:

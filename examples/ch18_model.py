@@ -18,7 +18,6 @@ through 512 neurons take a few minutes on a CPU.
 import argparse
 
 import portnn as pn
-from portnn.cli import run_script
 from portnn.nnfs import (
     Accuracy_Categorical,
     Activation_ReLU,
@@ -31,6 +30,7 @@ from portnn.nnfs import (
     init,
     spiral_data,
 )
+from portnn.scripts import run_script
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 
 import portnn as pn
-from portnn.cli import run_script
+from portnn.scripts import run_script
 
 
 def main() -> None:

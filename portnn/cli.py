@@ -23,26 +23,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.util
 import math
-import os
-import platform
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 import portnn as pn
 
-from . import datasets, recipes
+from . import datasets, distributed, recipes
 from ._npz import check_writable
+from .about import environment_report
 from .backend import BACKENDS
 from .layers import Dense
+from .scripts import report
 
 PROG = "portnn"
 DATASETS = tuple(recipes.RECIPES)
@@ -111,51 +109,8 @@ def _check_writable(path: str | None, option: str) -> None:
 
 # --- commands --------------------------------------------------------------------------------
 def _cmd_info(args: argparse.Namespace) -> int:
-    print(f"portnn {pn.__version__} (Python {platform.python_version()}, {platform.system()})")
-    try:
-        selected = pn.get_backend()
-        print(f"selected backend: {selected.name} ({selected.dtype_name})")
-    except (ValueError, ImportError, RuntimeError) as exc:
-        print(f"selected backend: none usable ({_one_line(exc)})")
-    rows, notes = [], []
-    for name in BACKENDS:
-        version = _library_version(name)
-        try:
-            backend = pn.get_backend(name)
-        except (ImportError, RuntimeError) as exc:
-            rows.append((name, version, "no", "-", "-"))
-            notes.append(f"  {name}: {_one_line(exc)}")
-            continue
-        devices = ", ".join(type(backend).devices())  # what its library can compute on here
-        rows.append((name, version, "yes", devices, backend.dtype_name))
-    header = ("backend", "library", "usable", "devices", "dtype")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-        print(("  " + "  ".join(cells)).rstrip())
-    for note in notes:
-        print(note)
-    pools = ", ".join(f"{name} {n}" for name, n in pn.get_num_threads().items())
-    print(f"threads: {_cpus()} CPUs; {pools or 'no BLAS or OpenMP pool loaded'}")
+    print(environment_report())
     return 0
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on (its affinity), else the machine's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _library_version(module: str) -> str:
-    """The version of the library a backend is named after (each backend's module name)."""
-    if importlib.util.find_spec(module) is None:
-        return "not installed"
-    try:
-        return f"{module} {importlib.import_module(module).__version__}"
-    except Exception as exc:  # a broken install raises whatever its import raises
-        return f"{module} (fails to import: {type(exc).__name__})"
 
 
 def _device_name(device: Any) -> str:
@@ -179,7 +134,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.plot_regions and args.dataset not in ("spiral", "vertical"):
         raise ValueError("--plot-regions draws 2-D data: use it with spiral or vertical")
 
-    say = (lambda *a: None) if args.quiet else print
+    comm = distributed.from_environment()  # under mpiexec -n N (N > 1): data-parallel
+    root = comm is None or comm.is_root  # only rank 0 prints and writes files
+    tell = print if root else (lambda *a: None)
+    say = (lambda *a: None) if args.quiet else tell
     pn.seed(args.seed)
     X, y, X_test, y_test = _load_data(args)
     model = recipe.build(X.shape[1], hidden=args.hidden, learning_rate=args.learning_rate)
@@ -196,6 +154,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"training: {epochs} epochs, {batches}, "
         f"on {backend.name} ({backend.dtype_name}, {_device_name(backend.device)}){_threads_used()}"
     )
+    if comm is not None:  # the first line: the ranks and the path the gradients take
+        distributed.announce(distributed.describe(model, comm, batch_size), say, comm)
     validation = (X_test, y_test) if recipe.validate and X_test is not None else None
     start = time.perf_counter()
     history = model.train(
@@ -205,14 +165,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=batch_size,
         validation_data=validation,
         print_every=0 if args.quiet else print_every,
+        comm=comm,
     )
-    print(f"trained {epochs} epochs in {time.perf_counter() - start:.1f} s")
-    print(_figures("training", *model.evaluate(X, y, batch_size=batch_size)))
-    if X_test is not None:
-        print(_figures("test", *model.evaluate(X_test, y_test, batch_size=batch_size)))
+    tell(f"trained {epochs} epochs in {time.perf_counter() - start:.1f} s")
+    if root:  # every rank holds the same parameters: rank 0 evaluates for all
+        print(_figures("training", *model.evaluate(X, y, batch_size=batch_size)))
+        if X_test is not None:
+            print(_figures("test", *model.evaluate(X_test, y_test, batch_size=batch_size)))
     if args.save:
-        model.save(args.save)
-        print(f"saved the model to {args.save}")
+        if comm is None:
+            model.save(args.save)
+        else:  # rank 0 writes; every rank learns whether it could
+            distributed.save(model, args.save, comm)
+        tell(f"saved the model to {args.save}")
+    if not root:
+        return 0
     if args.plot:
         from .plot import plot_history
 
@@ -418,56 +385,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException | str) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _message(exc: BaseException) -> str:
-    from .datasets.fashion import URL_ENV
-    from .io import ModelFileError
-
-    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
-        return f"{exc.filename}: no such file or directory"
-    expected = (ModelFileError, OSError, ValueError, ImportError, RuntimeError)
-    if isinstance(exc, (*expected, ArithmeticError, TypeError)):
-        # base_url= is fashion_mnist()'s argument: from a command, the variable is the way
-        return _one_line(exc).replace(f"base_url= or {URL_ENV}", URL_ENV)
-    return f"unexpected {type(exc).__name__}: {_one_line(exc)} (set PORTNN_DEBUG=1 for details)"
-
-
-def _report(run: Callable[[], int | None], prog: str) -> int:
-    """``run()``'s exit status, its failures reported in one line on stderr: an error as
-    ``PROG: error: ...`` with 1 (``PORTNN_DEBUG=1``: the traceback), Ctrl-C as
-    ``PROG: interrupted`` with 130, and output closed early (``| head``) quietly with 0."""
-    try:
-        code = run()
-        sys.stdout.flush()  # a closed pipe shows here, not in Python's own flush at exit
-        return code or 0
-    except BrokenPipeError:
-        # Whoever reads has seen enough. Python flushes stdout again at exit: point it at
-        # os.devnull so that flush finds no closed pipe (the recipe of Python's signal docs).
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if os.environ.get("PORTNN_DEBUG"):
-            raise
-        print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
-        return 1
-
-
-def run_script(main: Callable[[], int | None], prog: str | None = None) -> NoReturn:
-    """Run a script's ``main()`` as the ``portnn`` command runs its commands, then exit:
-    ``if __name__ == "__main__": run_script(main)``. An error is one line on stderr,
-    ``PROG: error: ...``, exit status 1 (set ``PORTNN_DEBUG=1`` for the traceback); Ctrl-C
-    prints ``PROG: interrupted`` and exits 130; a closed pipe (``| head``) exits 0 quietly.
-    ``main`` returns None or an exit status; ``prog`` defaults to the script's file name."""
-    raise SystemExit(_report(main, prog or Path(sys.argv[0]).name))
-
-
 def _threads(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """``--threads`` (or the small datasets' 1) for the command, the libraries' own after it.
     The libraries come first, so that torch's own pool is among those set."""
@@ -501,4 +418,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         with pn.use_backend(backend) if backend else contextlib.nullcontext(), _threads(args):
             return args.run(args)
 
-    return _report(run, PROG)
+    return report(run, PROG)

@@ -371,7 +371,7 @@ def test_torch_devices_are_real():
             pn.set_backend("torch", device="cuda")
     else:  # pragma: no cover - on a GPU machine
         with pn.use_backend("torch", device="cuda") as b:
-            x = pn.to_backend(np.ones(2), b)
+            x = pn.to_backend(np.ones(2, dtype=np.float32), b)
             assert x.device.type == "cuda"
             assert backend_module.backend_of(x) == b
 
@@ -386,7 +386,10 @@ def test_the_environment_selects_the_device_too(clean_selection, monkeypatch, ba
     monkeypatch.setenv("PORTNN_BACKEND", backend_name)
     default = pn.get_backend(backend_name)
     monkeypatch.setenv(
-        "PORTNN_DEVICE", str(default.device) if backend_name != "array_api_strict" else ""
+        "PORTNN_DEVICE",
+        str(getattr(default.device, "id", default.device))  # CuPy's Device: its number
+        if backend_name != "array_api_strict"
+        else "",
     )
     assert pn.get_backend() == default
     monkeypatch.setenv("PORTNN_DEVICE", "no-such-device:9")

@@ -149,9 +149,7 @@ def test_learning_rate_scheduler_sets_each_epochs_rate(backend):
 def test_history_logger_writes_each_epoch(backend, tmp_path, suffix):
     X, y = regression()
     path = tmp_path / f"log{suffix}"
-    history = model_for().train(
-        X, y, epochs=3, print_every=None, callbacks=[HistoryLogger(path)]
-    )
+    history = model_for().train(X, y, epochs=3, print_every=None, callbacks=[HistoryLogger(path)])
     if suffix == ".csv":
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -166,7 +164,11 @@ def test_validation_split_holds_out_the_last_samples(backend):
     split, explicit = model_for(), model_for()
     a = split.train(X, y, epochs=3, validation_split=0.2, print_every=None, shuffle=False)
     b = explicit.train(
-        X[:40], y[:40], epochs=3, validation_data=(X[40:], y[40:]), print_every=None,
+        X[:40],
+        y[:40],
+        epochs=3,
+        validation_data=(X[40:], y[40:]),
+        print_every=None,
         shuffle=False,
     )
     assert a["val_loss"] == pytest.approx(b["val_loss"])

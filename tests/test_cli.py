@@ -13,6 +13,7 @@ import pytest
 
 import portnn as pn
 import portnn.cli
+import portnn.scripts
 from portnn.cli import main
 from portnn.datasets import FASHION_MNIST_CLASSES as CLASS_NAMES
 
@@ -520,7 +521,7 @@ def test_run_script(capsys, monkeypatch, case):
     main_, status, stderr = RUN_SCRIPT[case]
     monkeypatch.setattr(sys, "argv", ["/some/where/demo.py"])
     with pytest.raises(SystemExit) as exit_:
-        portnn.cli.run_script(main_)
+        portnn.scripts.run_script(main_)
     assert exit_.value.code == status
     assert capsys.readouterr().err == stderr
 
@@ -528,4 +529,4 @@ def test_run_script(capsys, monkeypatch, case):
 def test_run_script_with_debug_shows_the_traceback(monkeypatch):
     monkeypatch.setenv("PORTNN_DEBUG", "1")
     with pytest.raises(ValueError, match="bad"):
-        portnn.cli.run_script(_raise(ValueError("bad")), prog="demo")
+        portnn.scripts.run_script(_raise(ValueError("bad")), prog="demo")

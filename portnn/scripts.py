@@ -1,0 +1,68 @@
+"""How portnn's command and its example scripts end: an error is one line on stderr,
+``PROG: error: ...``, with exit status 1 (``PORTNN_DEBUG=1`` shows the traceback); Ctrl-C
+prints ``PROG: interrupted`` and exits 130; output closed early (``| head``) ends quietly
+with 0. ``run_script(main)`` gives a script that behaviour."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from . import distributed
+
+__all__ = ["message", "one_line", "report", "run_script"]
+
+
+def one_line(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def message(exc: BaseException) -> str:
+    from .datasets.fashion import URL_ENV
+    from .io import ModelFileError
+
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        return f"{exc.filename}: no such file or directory"
+    expected = (ModelFileError, OSError, ValueError, ImportError, RuntimeError)
+    if isinstance(exc, (*expected, ArithmeticError, TypeError)):
+        # base_url= is fashion_mnist()'s argument: from a command, the variable is the way
+        return one_line(exc).replace(f"base_url= or {URL_ENV}", URL_ENV)
+    return f"unexpected {type(exc).__name__}: {one_line(exc)} (set PORTNN_DEBUG=1 for details)"
+
+
+def report(run: Callable[[], int | None], prog: str) -> int:
+    """``run()``'s exit status, its failures reported in one line on stderr: an error as
+    ``PROG: error: ...`` with 1 (``PORTNN_DEBUG=1``: the traceback), Ctrl-C as
+    ``PROG: interrupted`` with 130, and output closed early (``| head``) quietly with 0."""
+    try:
+        code = run()
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's own flush at exit
+        return code or 0
+    except BrokenPipeError:
+        # Whoever reads has seen enough. Python flushes stdout again at exit: point it at
+        # os.devnull so that flush finds no closed pipe (the recipe of Python's signal docs).
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("PORTNN_DEBUG"):
+            raise
+        if distributed.should_report(exc):  # aborts an MPI job if this rank failed alone
+            print(f"{prog}: error: {message(exc)}", file=sys.stderr)
+        return 1
+
+
+def run_script(main: Callable[[], int | None], prog: str | None = None) -> NoReturn:
+    """Run a script's ``main()`` as the ``portnn`` command runs its commands, then exit:
+    ``if __name__ == "__main__": run_script(main)``. An error is one line on stderr,
+    ``PROG: error: ...``, exit status 1 (set ``PORTNN_DEBUG=1`` for the traceback); Ctrl-C
+    prints ``PROG: interrupted`` and exits 130; a closed pipe (``| head``) exits 0 quietly.
+    ``main`` returns None or an exit status; ``prog`` defaults to the script's file name."""
+    raise SystemExit(report(main, prog or Path(sys.argv[0]).name))
