@@ -140,14 +140,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     say = (lambda *a: None) if args.quiet else tell
     pn.seed(args.seed)
     X, y, X_test, y_test = _load_data(args)
-    model = recipe.build(X.shape[1], hidden=args.hidden, learning_rate=args.learning_rate)
+    if args.resume:
+        model = _resumed(args, X.shape[1])
+    else:
+        model = recipe.build(
+            X.shape[1],
+            hidden=args.hidden,
+            learning_rate=args.learning_rate,
+            layers=args.layers,
+            optimizer=args.optimizer or "adam",
+        )
     backend, opt = model.backend, model.optimizer
     say(f"portnn {pn.__version__}: {args.dataset}, {recipe.about}")
     tests = f", {len(X_test)} test samples" if X_test is not None else ""
     say(f"data: {len(X)} training samples{tests}, {X.shape[1]} features")
+    resumed = f", resumed from {args.resume} at step {opt.iterations}" if args.resume else ""
     say(
         f"model: {_describe(model)}, {type(model.loss).__name__}, "
-        f"{type(opt).__name__}(learning_rate={opt.learning_rate:g}, decay={opt.decay:g})"
+        f"{type(opt).__name__}(learning_rate={opt.learning_rate:g}, decay={opt.decay:g}){resumed}"
     )
     batches = "full batch" if batch_size is None else f"batches of {batch_size}"
     say(
@@ -200,6 +210,24 @@ def _threads_used() -> str:
         n = next(iter(counts.values()))
         return f", {n} CPU thread{'s' if n > 1 else ''}"
     return (", CPU threads: " + ", ".join(f"{k} {n}" for k, n in counts.items())) if counts else ""
+
+
+def _resumed(args: argparse.Namespace, n_inputs: int) -> Any:
+    """The saved model of ``--resume``, with its optimizer state, to train on."""
+    names = ("hidden", "layers", "optimizer", "learning_rate")
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
+    if given:
+        raise ValueError(
+            f"--resume continues the saved network and optimizer; drop {', '.join(given)}"
+        )
+    model = _load_model(args.resume, args.backend)
+    if model.optimizer is None:
+        raise ValueError(f"{args.resume} holds no optimizer to resume; save it with model.save")
+    if model.n_inputs != n_inputs:
+        raise ValueError(
+            f"{args.resume} takes {model.n_inputs} features, but {args.dataset} has {n_inputs}"
+        )
+    return model
 
 
 def _load_model(path: str, backend: str | None) -> Any:
@@ -338,6 +366,9 @@ def _parser() -> argparse.ArgumentParser:
     arg("--batch-size", type=positive, metavar="N", help="samples per step (default per dataset)")
     arg("--learning-rate", type=positive_real, metavar="LR", help="Adam's initial learning rate")
     arg("--hidden", type=positive, metavar="WIDTH", help="width of the hidden layers")
+    arg("--layers", type=positive, metavar="N", help="number of hidden layers")
+    arg("--optimizer", choices=tuple(recipes.OPTIMIZERS), help="the optimizer (default adam)")
+    arg("--resume", metavar="MODEL", help="continue a saved run (its network and optimizer)")
     arg(
         "--print-every",
         type=natural,

@@ -27,9 +27,11 @@ from .layers import Dense, Layer
 from .losses import CategoricalCrossentropy, Loss, MeanSquaredError
 from .metrics import Accuracy, CategoricalAccuracy, RegressionAccuracy
 from .model import Model
-from .optimizers import Adam
+from .optimizers import SGD, Adagrad, Adam, RMSprop
 
-__all__ = ["RECIPES", "Recipe", "build", "get"]
+OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam}
+
+__all__ = ["OPTIMIZERS", "RECIPES", "Recipe", "build", "get"]
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,15 @@ class Recipe:
         batches = "full batch" if self.batch_size is None else f"batch {self.batch_size}"
         return f"{self.epochs} epochs, {batches}, lr {self.learning_rate}, hidden {self.hidden}"
 
-    def sizes(self, n_inputs: int | None = None, hidden: int | None = None) -> tuple[int, ...]:
-        """The Dense layers' sizes, inputs first: ``(784, 128, 128, 10)`` for Fashion-MNIST."""
+    def sizes(
+        self, n_inputs: int | None = None, hidden: int | None = None, layers: int | None = None
+    ) -> tuple[int, ...]:
+        """The Dense layers' sizes, inputs first: ``(784, 128, 128, 10)`` for Fashion-MNIST;
+        ``layers`` hidden layers (default the recipe's) of width ``hidden``."""
         n_inputs = self.n_inputs if n_inputs is None else integer("n_inputs", n_inputs)
         hidden = self.hidden if hidden is None else integer("hidden", hidden)
-        return (n_inputs, *[hidden] * self.hidden_layers, self.n_outputs)
+        layers = self.hidden_layers if layers is None else integer("layers", layers)
+        return (n_inputs, *[hidden] * layers, self.n_outputs)
 
     def loss(self) -> Loss:
         """A new instance of the recipe's loss."""
@@ -90,13 +96,19 @@ class Recipe:
         *,
         hidden: int | None = None,
         learning_rate: float | None = None,
+        layers: int | None = None,
+        optimizer: str = "adam",
     ) -> Model:
         """The recipe's model, with its loss, optimizer and accuracy set, on the current backend.
 
-        ``n_inputs``, ``n_outputs``, ``hidden`` and ``learning_rate`` default to the recipe's;
-        give them to fit other data or to try another width or rate.
+        ``n_inputs``, ``n_outputs``, ``hidden``, ``layers`` (hidden layers) and
+        ``learning_rate`` default to the recipe's; give them to fit other data or to try
+        another network. ``optimizer`` is one of ``OPTIMIZERS`` (the book's four), with the
+        recipe's decay.
         """
-        *sizes, last = self.sizes(n_inputs, hidden)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        *sizes, last = self.sizes(n_inputs, hidden, layers)
         if n_outputs is not None:
             last = integer("n_outputs", n_outputs)
         lr = self.learning_rate if learning_rate is None else learning_rate  # Adam checks it
@@ -108,7 +120,7 @@ class Recipe:
         model = Model(layers)
         model.set(
             loss=self.loss(),
-            optimizer=Adam(learning_rate=lr, decay=self.decay),
+            optimizer=OPTIMIZERS[optimizer](learning_rate=lr, decay=self.decay),
             accuracy=self.accuracy(),
         )
         return model

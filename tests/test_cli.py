@@ -530,3 +530,23 @@ def test_run_script_with_debug_shows_the_traceback(monkeypatch):
     monkeypatch.setenv("PORTNN_DEBUG", "1")
     with pytest.raises(ValueError, match="bad"):
         portnn.scripts.run_script(_raise(ValueError("bad")), prog="demo")
+
+
+def test_resume_continues_a_saved_run_as_if_never_stopped(tmp_path, capsys):
+    first, resumed, straight = (str(tmp_path / f"{n}.npz") for n in ("a", "b", "c"))
+    base = ["train", "spiral", "--quiet", "--optimizer", "rmsprop", "--layers", "2"]
+    assert main([*base, "--epochs", "4", "--save", first]) == 0
+    assert (
+        main(["train", "spiral", "--quiet", "--epochs", "3", "--resume", first, "--save", resumed])
+        == 0
+    )
+    assert main([*base, "--epochs", "7", "--save", straight]) == 0
+    a, b = pn.Model.load(resumed), pn.Model.load(straight)
+    assert type(a.optimizer).__name__ == "RMSprop" and a.optimizer.iterations == 7
+    assert len([la for la in a.layers if la.param_names]) == 3  # two hidden layers
+    for (wa, ba), (wb, bb) in zip(a.get_parameters(), b.get_parameters(), strict=True):
+        np.testing.assert_allclose(pn.to_numpy(wa), pn.to_numpy(wb), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(pn.to_numpy(ba), pn.to_numpy(bb), rtol=1e-6, atol=1e-7)
+    capsys.readouterr()
+    assert main(["train", "spiral", "--resume", first, "--hidden", "8"]) == 1
+    assert "drop --hidden" in capsys.readouterr().err
