@@ -166,7 +166,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     if comm is not None:  # the first line: the ranks and the path the gradients take
         distributed.announce(distributed.describe(model, comm, batch_size), say, comm)
-    validation = (X_test, y_test) if recipe.validate and X_test is not None else None
+    # The test split every epoch where the recipe asks, and for --plot's test curve.
+    validate = recipe.validate or bool(args.plot)
+    validation = (X_test, y_test) if validate and X_test is not None else None
     start = time.perf_counter()
     history = model.train(
         X,

@@ -109,6 +109,7 @@ def test_train_spiral_save_plot_and_evaluate(capsys, backend_name, tmp_path):
     )
     assert code == 0, err
     assert "epoch: 5, acc: " in out and "epoch: 50, acc: " in out
+    assert "validation, acc: " in out  # --plot draws the test curve: validated every epoch
     assert f"on {backend_name} (float32" in out
     lines = out.splitlines()
     training = next(line for line in lines if line.startswith("training, acc: "))
