@@ -131,8 +131,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from .plot import _matplotlib
 
         _matplotlib()  # fail now, not after training, when matplotlib is missing
-    if args.plot_regions and args.dataset not in ("spiral", "vertical"):
-        raise ValueError("--plot-regions draws 2-D data: use it with spiral or vertical")
+    if args.plot_regions and args.dataset not in ("spiral", "vertical", "sine"):
+        raise ValueError(
+            "--plot-regions draws the decision regions of spiral or vertical, or sine's fit"
+        )
 
     comm = distributed.from_environment()  # under mpiexec -n N (N > 1): data-parallel
     root = comm is None or comm.is_root  # only rank 0 prints and writes files
@@ -198,10 +200,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         plot_history(history, args.plot, title=f"portnn train {args.dataset}")
         print(f"saved the training plot to {args.plot}")
     if args.plot_regions:
-        from .plot import plot_decision_regions
+        from .plot import plot_decision_regions, plot_regression
 
-        plot_decision_regions(model, X, y, args.plot_regions, title=args.dataset)
-        print(f"saved the decision regions to {args.plot_regions}")
+        if args.dataset == "sine":  # a regression: the prediction against the target
+            plot_regression(model, X, y, args.plot_regions, title=args.dataset)
+            print(f"saved the prediction against the target to {args.plot_regions}")
+        else:
+            plot_decision_regions(model, X, y, args.plot_regions, title=args.dataset)
+            print(f"saved the decision regions to {args.plot_regions}")
     return 0
 
 
@@ -379,7 +385,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     arg("--save", metavar="PATH", help="save the trained model (.npz) to PATH")
     arg("--plot", metavar="PATH", help="plot loss, accuracy and lr to a PNG")
-    arg("--plot-regions", metavar="PATH", help="plot the decision regions to a PNG (2-D data)")
+    arg(
+        "--plot-regions",
+        metavar="PATH",
+        help="plot the decision regions (spiral, vertical) or sine's fit to a PNG",
+    )
     arg("--quiet", action="store_true", help="print only the final figures")
     common(train, data=True)
     threads(train, small)

@@ -240,8 +240,8 @@ ERRORS = {
         "does not exist",
     ),
     "regions of 784-d data": (
-        lambda t: ["train", "sine", "--plot-regions", t / "r.png"],
-        "--plot-regions draws 2-D data",
+        lambda t: ["train", "digits", "--plot-regions", t / "r.png"],
+        "--plot-regions draws the decision regions of spiral or vertical, or sine's fit",
     ),
     "zero threads": (lambda t: ["info", "--threads", "0"], "--threads: must be a positive integer"),
     "threads not a number": (
@@ -551,3 +551,11 @@ def test_resume_continues_a_saved_run_as_if_never_stopped(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "spiral", "--resume", first, "--hidden", "8"]) == 1
     assert "drop --hidden" in capsys.readouterr().err
+
+
+def test_plot_regions_of_sine_draws_the_fit(capsys, tmp_path):
+    path = tmp_path / "fit.png"
+    code, out, err = run(capsys, "train sine --epochs 20 --quiet --plot-regions", path)
+    assert code == 0, err
+    assert "saved the prediction against the target" in out
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
