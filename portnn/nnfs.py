@@ -55,7 +55,6 @@ moves NumPy data to its backend and prints Python floats.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -63,6 +62,7 @@ import numpy as np
 
 from . import datasets
 from . import random as _random
+from ._checks import integer
 from ._inputs import prepare
 from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, get_backend
@@ -79,6 +79,7 @@ from .metrics import CategoricalAccuracy, RegressionAccuracy
 from .model import HISTORY_KEYS
 from .model import Model as _Model
 from .optimizers import SGD, Adagrad, Adam, RMSprop
+from .training import batches
 
 __all__ = [
     "Accuracy_Categorical",
@@ -181,24 +182,20 @@ class Model(_Model):
         (per-epoch lists under ``HISTORY_KEYS``; validation figures where they were computed).
         """
         self._require("loss", "optimizer")
-        if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        if print_every is not None and not (isinstance(print_every, int) and print_every >= 0):
-            raise ValueError(f"print_every must be an integer >= 0 or None, got {print_every!r}")
+        batch_size = integer("batch_size", batch_size, allow_none=True)
+        print_every = integer("print_every", print_every, 0, allow_none=True)
         say = print if print_every else _silent
         X, y = prepare(self, X, y)
         self.accuracy.init(y)
         chapter_18 = batch_size is None
-        size = X.shape[0] if chapter_18 else batch_size
-        steps = math.ceil(X.shape[0] / size)
+        steps = batches(X.shape[0], batch_size)
         history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
         for epoch in range(1, epochs + 1):
             if not chapter_18:
                 say(f"epoch: {epoch}")
             self.loss.new_pass()
             self.accuracy.new_pass()
-            for step in range(steps):
-                batch = slice(step * size, min((step + 1) * size, X.shape[0]))
+            for step, batch in enumerate(steps):
                 batch_X, batch_y = X[batch, ...], y[batch, ...]
                 output = self.forward(batch_X, training=True)
                 data_loss, reg_loss = self.loss.calculate(
@@ -213,7 +210,7 @@ class Model(_Model):
                     continue
                 if chapter_18 and not epoch % print_every:
                     print(f"epoch: {epoch}, {_figures(accuracy, data_loss, reg_loss, lr)}")
-                if not chapter_18 and (not step % print_every or step == steps - 1):
+                if not chapter_18 and (not step % print_every or step == len(steps) - 1):
                     print(f"step: {step}, {_figures(accuracy, data_loss, reg_loss, lr)}")
             if not chapter_18:
                 data_loss, reg_loss = self.loss.calculate_accumulated(include_regularization=True)
