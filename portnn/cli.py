@@ -273,10 +273,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"the model takes {model.n_inputs} inputs, but predict feeds it a 28x28 image "
             "(784 inputs), as for the book's Fashion-MNIST model"
         )
-    # Two forward passes of one image: the outputs for the confidence, the classes by the
-    # output layer's own rule (argmax for Softmax, > 0.5 for Sigmoid).
-    outputs = np.asarray(pn.to_numpy(model.predict(image))).reshape(-1)
-    classes = np.asarray(pn.to_numpy(model.predict_classes(image))).reshape(-1)
+    # One forward pass: the outputs for the confidence, the classes by the output layer's
+    # own rule (argmax for Softmax, > 0.5 for Sigmoid), as predict_classes applies it.
+    predicted = model.predict(image)
+    outputs = np.asarray(pn.to_numpy(predicted)).reshape(-1)
+    classes = np.asarray(pn.to_numpy(model._predictions(predicted))).reshape(-1)
     if classes.size != 1 or classes.dtype.kind not in "biu":  # no classes: regression outputs
         print("outputs: " + ", ".join(f"{v:.3g}" for v in outputs))
         return 0

@@ -160,10 +160,9 @@ def load_safetensors(
             )
         needed = {}
         for i, described in enumerate(_described(model)):
-            layer = model.layers[i]
-            if described["class"] == "Dense":
-                shapes = {"weights": (layer.n_inputs, layer.n_neurons)}
-                needed.update(_torch_shapes(i, shapes))
+            cls = io._LAYERS[described["class"]]
+            shapes = io._parameter_shapes(cls, described["config"], i, path)
+            needed.update(_torch_shapes(i, shapes))
         with Reader(path) as file:
             tensors = file.read(needed, "the model")
         model._assign(_parameters(model, tensors))

@@ -20,6 +20,7 @@ train in seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ._checks import integer
 from .activations import Linear, ReLU, Softmax
@@ -207,9 +208,8 @@ def build(
     name: str,
     n_inputs: int | None = None,
     n_outputs: int | None = None,
-    *,
-    hidden: int | None = None,
-    learning_rate: float | None = None,
+    **options: Any,
 ) -> Model:
-    """The book's model for the dataset ``name``, ready to train: ``get(name).build(...)``."""
-    return get(name).build(n_inputs, n_outputs, hidden=hidden, learning_rate=learning_rate)
+    """The book's model for the dataset ``name``, ready to train: ``get(name).build(...)``,
+    with ``Recipe.build``'s options (hidden, learning_rate, layers, optimizer)."""
+    return get(name).build(n_inputs, n_outputs, **options)

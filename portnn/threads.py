@@ -97,5 +97,5 @@ def _limited(n: int) -> Iterator[None]:
         yield
     finally:
         limits.restore_original_limits()
-        if torch is not None and torch_before is not None:
+        if torch is not None:
             torch.set_num_threads(torch_before)

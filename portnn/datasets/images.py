@@ -39,8 +39,9 @@ def fashion_mnist_image(path: str | os.PathLike[str], *, invert: bool = True) ->
             grey = img.convert("L").resize((_SIDE, _SIDE), Image.Resampling.BILINEAR)
             pixels = np.asarray(grey, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ValueError(f"{path}: not a readable image ({reason})") from exc
+        from ..scripts import one_line
+
+        raise ValueError(f"{path}: not a readable image ({one_line(exc)})") from exc
     if invert:
         pixels = 255 - pixels
     return _scale(pixels[np.newaxis])
