@@ -195,7 +195,8 @@ class Run:
                 if order is None:
                     xb, yb = X[s, ...], y[s, ...]
                 else:
-                    xb, yb = xp.take(X, order[s], axis=0), xp.take(y, order[s], axis=0)
+                    rows = order[s]
+                    xb, yb = xp.take(X, rows, axis=0), xp.take(y, rows, axis=0)
                 output = model.forward(xb, training=True)
                 epoch_figures.append(figures(model, output, yb))
                 if i == len(self.batches) - 1:
@@ -405,9 +406,17 @@ def means(model: Model, pass_figures: list[tuple[Any, Any]]) -> tuple[Any, Any]:
     """The mean loss and the accuracy of a pass from its batches' figures, on the device:
     one reduction each per pass rather than one per batch."""
     xp = model.backend.xp
+    losses, hits = concatenated(model, pass_figures)
+    return xp.mean(losses), xp.mean(hits)
+
+
+def concatenated(model: Model, pass_figures: list[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """A pass's per-sample losses and hits (1 for a correct prediction, in the losses' dtype),
+    each in one array."""
+    xp = model.backend.xp
     losses = xp.concat([loss for loss, _ in pass_figures])
     hits = xp.concat([xp.reshape(comparisons, (-1,)) for _, comparisons in pass_figures])
-    return xp.mean(losses), xp.mean(xp.astype(hits, losses.dtype))
+    return losses, xp.astype(hits, losses.dtype)
 
 
 def evaluate_device(model: Model, X: Any, y: Any, batch_size: int | None) -> tuple[Any, Any]:

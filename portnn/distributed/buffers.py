@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._xp import array_namespace
-from ..backend import Backend, backend_class, backend_of, dtype_name, to_numpy
+from ..backend import Backend, backend_class, backend_of, dtype_name, library_of, to_numpy
 from .comm import Communicator, launched_size
 
 GPU_VARIABLE = "PORTNN_DISTRIBUTED_GPU"  # "nccl", "staged" or "auto": the untested GPU paths
@@ -82,7 +82,8 @@ class _DeviceBuffer:
         xp = self.backend.xp
         self.shapes = [tuple(p.shape) for p in params]
         sizes = [math.prod(s) for s in self.shapes]
-        self.bounds = list(zip(np.cumsum([0, *sizes[:-1]]), np.cumsum(sizes), strict=True))
+        ends = [int(e) for e in np.cumsum(sizes)]
+        self.bounds = list(zip([0, *ends[:-1]], ends, strict=True))
         self.n = sum(sizes)
         self.buffer = xp.zeros((self.n + 2,), dtype=params[0].dtype, device=self.backend.device)
         if path == "nccl":  # ChainerMN's bootstrap: rank 0's NCCL id, broadcast over MPI
@@ -91,7 +92,8 @@ class _DeviceBuffer:
     def pack(self, grads: list, scale: float) -> None:
         xp = self.backend.xp
         for (a, b), grad in zip(self.bounds, grads, strict=True):
-            self.buffer[int(a) : int(b)] = xp.reshape(grad, (-1,)) * scale
+            flat = xp.reshape(grad, (-1,))
+            self.buffer[a:b] = flat if scale == 1 else flat * scale
 
     def reduce(self, samples: float, failed: bool) -> tuple[float, float]:
         self.buffer[self.n] = samples
@@ -108,10 +110,9 @@ class _DeviceBuffer:
 
     def unpack(self, divisor: float) -> list:
         xp = self.backend.xp
-        flat = self.buffer[: self.n] / divisor
+        flat = self.buffer[: self.n] if divisor == 1 else self.buffer[: self.n] / divisor
         return [
-            xp.reshape(flat[int(a) : int(b)], s)
-            for (a, b), s in zip(self.bounds, self.shapes, strict=True)
+            xp.reshape(flat[a:b], s) for (a, b), s in zip(self.bounds, self.shapes, strict=True)
         ]
 
 
@@ -121,7 +122,7 @@ def _gradient_buffer(comm: Communicator, params: list) -> _HostBuffer | _DeviceB
     param = params[0]
     if int(param.__dlpack_device__()[0]) == _DLPACK_CPU:
         return _HostBuffer(comm, params, np.dtype(dtype_name(param.dtype)))
-    library = type(param).__module__.split(".")[0]
+    library = library_of(param)
     choice = os.environ.get(GPU_VARIABLE, "").strip().lower()
     if choice not in ("staged", "nccl", "auto"):
         raise RuntimeError(

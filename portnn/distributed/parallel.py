@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import random
 from ..backend import Backend, dtype_name, to_numpy
+from ..training import concatenated
 from .comm import Communicator, _mark, _nothing, shard
 from .optimizer import DistributedOptimizer, _trainable
 
@@ -127,10 +128,8 @@ class DataParallel:
         if not pass_figures:
             return _Sums(0.0, 0), _Sums(0.0, 0)
         xp = self.model.backend.xp
-        losses = xp.concat([loss for loss, _ in pass_figures])
-        hits = xp.concat([xp.reshape(comparisons, (-1,)) for _, comparisons in pass_figures])
-        hit_sum = xp.sum(xp.astype(hits, losses.dtype))
-        return _Sums(xp.sum(losses), losses.shape[0]), _Sums(hit_sum, hits.shape[0])
+        losses, hits = concatenated(self.model, pass_figures)
+        return _Sums(xp.sum(losses), losses.shape[0]), _Sums(xp.sum(hits), hits.shape[0])
 
     def reduce(self, records: list[dict]) -> None:
         """Replace every ``_Sums`` in ``records`` by its mean over all ranks: one all-reduce
