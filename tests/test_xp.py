@@ -96,3 +96,25 @@ def test_numpys_adam_paths_equal_the_portable_reference_bit_for_bit(dtype, shape
         for g, want in zip(got, reference, strict=True):
             assert g.dtype == want.dtype, name
             np.testing.assert_array_equal(g, want, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adam_update_divides_by_zero_as_the_reference_does(backend_name, dtype):
+    # Adam(epsilon=0) with a zero gradient and cache divides 0 by 0: the reference gives NaN
+    # there (NumPy's rules). The compiled NumPy loop once raised ZeroDivisionError instead.
+    b = pn.get_backend(backend_name, dtype)
+    shape = (1, 70000)  # large enough for NumPy's compiled loop
+    rng = np.random.default_rng(2)
+    grad = rng.standard_normal(shape)
+    grad[0, :10] = 0.0
+    args = [
+        b.asarray(a) for a in (rng.standard_normal(shape), grad, np.zeros(shape), np.zeros(shape))
+    ]
+    with b.quiet_float_errors():
+        fast = _xp.adam_update(*args, 0.9, 0.999, 0.01, 0.0)
+        reference = pn.Backend.adam_update(*args, 0.9, 0.999, 0.01, 0.0)
+    for got, want in zip(fast, reference, strict=True):
+        got, want = pn.to_numpy(got), pn.to_numpy(want)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert np.isnan(pn.to_numpy(fast[0])[0, :10]).all()
