@@ -5,6 +5,9 @@ Reading is bounded by the file's size: members must be stored uncompressed, as `
 writes them, so a small file cannot declare or decompress to gigabytes; the header is read
 only up to ``MAX_HEADER_BYTES``; and each array's ``.npy`` header is checked against the
 shape the portnn header implies before any array's data is read.
+
+Its error, its atomic write and the checks at its end serve safetensors files too
+(``_safetensors.py``, ``interop.py``).
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ class Reader:
     def __enter__(self) -> Reader:
         with contextlib.ExitStack() as stack:
             file = stack.enter_context(open(self.path, "rb"))  # FileNotFoundError as itself
-            with _translated(self.path):
+            with self._translated():
                 if file.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
                     raise ModelFileError(f"{self.path} is a single NumPy array, not a portnn file")
                 file.seek(0)
@@ -132,6 +135,16 @@ class Reader:
 
     def __exit__(self, *exc_info: object) -> None:
         self._close()
+
+    def _translated(self) -> contextlib.AbstractContextManager[None]:
+        """The many ways a damaged archive fails, as one ``ModelFileError`` naming the file."""
+        # RuntimeError covers an encrypted member and NotImplementedError (unknown zip features).
+        damaged = (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError)
+        message = (
+            f"{self.path} is not a readable portnn file (truncated, corrupt, or another format; "
+            "portnn never unpickles)"
+        )
+        return translated(message, *damaged)
 
     @property
     def keys(self) -> set[str]:
@@ -154,7 +167,7 @@ class Reader:
                     f"shape {shapes[key]} and a real float dtype ({', '.join(FLOATS)})"
                 )
 
-        with _translated(self.path):
+        with self._translated():
             for key in self._members:
                 self._inspect(key, check)
             return {key: self._array(key) for key in self._members}
@@ -210,14 +223,7 @@ class Reader:
             raise ModelFileError(
                 f"{self.path} is not a portnn file (its header names no portnn format)"
             )
-        version = header.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise ModelFileError(f"{self.path} has an invalid format version {version!r}")
-        if version > VERSION:
-            raise ModelFileError(
-                f"{self.path} was written in portnn file format version {version}, newer than "
-                f"this portnn reads (up to {VERSION}); upgrade portnn to read it"
-            )
+        check_version(header.get("version"), VERSION, self.path, "format", "portnn file format")
         return header
 
     def _inspect(self, key: str, check: Callable[[str, tuple, np.dtype], None]) -> None:
@@ -249,19 +255,36 @@ class Reader:
         return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
+# --- checks both formats share --------------------------------------------------------------
 @contextlib.contextmanager
-def _translated(path: str) -> Iterator[None]:
-    """The many ways a damaged archive fails, as one ``ModelFileError`` naming the file."""
+def translated(message: str, *kinds: type[Exception]) -> Iterator[None]:
+    """Any of ``kinds`` raised inside as one ``ModelFileError``: ``message``, a colon and the
+    error's own words (a ``ModelFileError``, itself a ValueError, passes as it is). For the
+    many ways a damaged file fails, and a header that describes what cannot be built."""
     try:
         yield
     except ModelFileError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as exc:
-        # RuntimeError covers an encrypted member and NotImplementedError (unknown zip features).
+    except kinds as exc:
+        raise ModelFileError(f"{message}: {exc}") from exc
+
+
+def check_version(version: Any, newest: int, path: str, what: str, what_in_full: str) -> None:
+    """``version``, of the ``what`` (``what_in_full``) in ``path``, is one this portnn reads:
+    an integer from 1 to ``newest``."""
+    if type(version) is not int or version < 1:  # type() rules out bool
+        raise ModelFileError(f"{path} has an invalid {what} version {short(version)}")
+    if version > newest:
         raise ModelFileError(
-            f"{path} is not a readable portnn file (truncated, corrupt, or another format; "
-            f"portnn never unpickles): {exc}"
-        ) from exc
+            f"{path} was written in {what_in_full} version {version}, newer than "
+            f"this portnn reads (up to {newest}); upgrade portnn to read it"
+        )
+
+
+def check_finite(path: str, what: str, array: np.ndarray) -> None:
+    """``what``, an array read from ``path``, holds no NaN or infinity."""
+    if not np.isfinite(array).all():
+        raise ModelFileError(f"{path}: {what} holds NaN or infinite values")
 
 
 def short(value: object, limit: int = 200) -> str:

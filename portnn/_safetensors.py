@@ -10,7 +10,6 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,9 @@ class Reader:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._unreadable = (
+            f"{path} is not a readable safetensors file (truncated, corrupt or another format)"
+        )
 
     def __enter__(self) -> Reader:
         with contextlib.ExitStack() as stack:
@@ -43,19 +45,10 @@ class Reader:
         self._close()
 
     def _error(self, reason: str) -> ModelFileError:
-        return ModelFileError(
-            f"{self.path} is not a readable safetensors file (truncated, corrupt or another "
-            f"format): {reason}"
-        )
+        return ModelFileError(f"{self._unreadable}: {reason}")
 
-    @contextlib.contextmanager
-    def _translated(self) -> Iterator[None]:
-        try:
-            yield
-        except ModelFileError:
-            raise
-        except (OSError, ValueError, EOFError, RecursionError) as exc:
-            raise self._error(str(exc)) from exc
+    def _translated(self) -> contextlib.AbstractContextManager[None]:
+        return _npz.translated(self._unreadable, OSError, ValueError, EOFError, RecursionError)
 
     def _read_header(self) -> None:
         prefix = self._file.read(8)
@@ -162,8 +155,7 @@ class Reader:
         # in some versions), and a backend may update parameters in place.
         tensors = {k: np.array(v, dtype=v.dtype.newbyteorder("=")) for k, v in tensors.items()}
         for name, tensor in tensors.items():
-            if not np.isfinite(tensor).all():
-                raise ModelFileError(f"{self.path}: tensor {name} holds NaN or infinite values")
+            _npz.check_finite(self.path, f"tensor {name}", tensor)
         return tensors
 
 

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _npz, io, random
+from . import _npz, io
 from ._npz import ModelFileError, short
 from ._safetensors import Reader, package
-from .backend import DTYPES, Backend, get_backend, to_numpy
+from .backend import Backend, get_backend, to_numpy
 
 if TYPE_CHECKING:
     from .model import Model
@@ -168,21 +168,13 @@ def load_safetensors(
         model._assign(_parameters(model, tensors))
         return model
 
-    from .model import Model
-
     with Reader(path) as file:
         dtype, specs = _architecture(file.metadata, path)
         needed = {}
         for i, (cls, config) in enumerate(specs):
             needed.update(_torch_shapes(i, io._parameter_shapes(cls, config, i, path)))
         tensors = file.read(needed, "its metadata")
-    target = get_backend(backend, dtype)
-    try:
-        with random.kept_state():  # rebuilding draws nothing
-            rebuilt = Model([io._layer(cls, config, target) for cls, config in specs])
-        rebuilt.finalize()  # layer sizes that do not chain fail here, not at first use
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: {exc}") from exc
+    rebuilt = io._rebuilt(specs, get_backend(backend, dtype), path)
     rebuilt._assign(_parameters(rebuilt, tensors))
     return rebuilt
 
@@ -199,21 +191,10 @@ def _architecture(metadata: dict[str, str], path: str) -> tuple[str, list[tuple[
         raise ModelFileError(f"{path} has corrupt portnn metadata: {exc}") from exc
     if not isinstance(saved, dict) or saved.get("format") != _npz.FORMAT:
         raise ModelFileError(f"{path}: its {METADATA_KEY!r} metadata names no portnn format")
-    version = saved.get("version")
-    if type(version) is not int or version < 1:
-        raise ModelFileError(f"{path} has an invalid portnn metadata version {short(version)}")
-    if version > VERSION:
-        raise ModelFileError(
-            f"{path} was written in portnn's safetensors metadata version {version}, newer than "
-            f"this portnn reads (up to {VERSION}); upgrade portnn to read it"
-        )
-    dtype = saved.get("dtype")
-    if dtype not in DTYPES:
-        raise ModelFileError(f"{path}: unsupported dtype {short(dtype)} in the metadata")
-    described = saved.get("layers")
-    if not isinstance(described, list) or not described:
-        raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: no layers")
-    return dtype, [io._spec(d, io._LAYERS, "layer", path) for d in described]
+    _npz.check_version(
+        saved.get("version"), VERSION, path, "portnn metadata", "portnn's safetensors metadata"
+    )
+    return io._architecture(saved, path, "metadata")
 
 
 # --- torch ----------------------------------------------------------------------------------

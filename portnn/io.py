@@ -19,6 +19,7 @@ only once complete.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -128,26 +129,16 @@ class _Saved:
 
 
 def _saved(header: dict, path: str) -> _Saved:
-    dtype = header.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ModelFileError(f"{path}: unsupported dtype {dtype!r} in the header")
-    described = header.get("layers")
-    if not isinstance(described, list) or not described:
-        raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: no layers")
-    specs = [_spec(d, _LAYERS, "layer", path) for d in described]
+    dtype, specs = _architecture({"dtype": "float32", **header}, path, "header")  # the default
     shapes = {
         f"layers/{i}/{name}": shape
         for i, (cls, config) in enumerate(specs)
         for name, shape in _parameter_shapes(cls, config, i, path).items()
     }
-    try:
+    with _rebuilding(path):
         loss = _built(header.get("loss"), _LOSSES, "loss", path)
         accuracy = _built(header.get("accuracy"), _ACCURACIES, "accuracy", path)
         optimizer = _built(header.get("optimizer"), _OPTIMIZERS, "optimizer", path)
-    except ModelFileError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: {exc}") from exc
     if optimizer is not None:
         _set_step_count(optimizer, header["optimizer"], path)
         fields = optimizer.State._fields if optimizer.State is not None else ()
@@ -155,6 +146,25 @@ def _saved(header: dict, path: str) -> _Saved:
             i, name = key.split("/")[1:]
             shapes.update({f"optimizer/{i}/{name}/{field}": shape for field in fields})
     return _Saved(dtype, specs, loss, accuracy, optimizer, shapes)
+
+
+def _architecture(header: dict, path: str, where: str) -> tuple[str, list[tuple[type, dict]]]:
+    """The dtype and the layers (class, config) that a portnn header names, checked; ``where``
+    says what the file calls the header (``interop`` reads its metadata with this too)."""
+    dtype = header.get("dtype")
+    if dtype not in DTYPES:
+        raise ModelFileError(f"{path}: unsupported dtype {_npz.short(dtype)} in the {where}")
+    described = header.get("layers")
+    if not isinstance(described, list) or not described:
+        raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: no layers")
+    return dtype, [_spec(d, _LAYERS, "layer", path) for d in described]
+
+
+def _rebuilding(path: str) -> contextlib.AbstractContextManager[None]:
+    """What a constructor refuses in a header's configs, as a ModelFileError naming the file."""
+    return _npz.translated(
+        f"{path}: the saved architecture cannot be rebuilt", TypeError, ValueError
+    )
 
 
 def _spec(described: Any, registry: dict, what: str, path: str) -> tuple[type, dict]:
@@ -225,8 +235,7 @@ def _require(keys: set[str], shapes: dict, path: str, whose: str) -> None:
 
 def _checked(arrays: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
     for key, value in arrays.items():
-        if not np.isfinite(value).all():
-            raise ModelFileError(f"{path}: {key} holds NaN or infinite values")
+        _npz.check_finite(path, key, value)
         if key.endswith("/cache") and (value < 0).any():  # sums of squares: sqrt would be NaN
             raise ModelFileError(f"{path}: {key} holds negative values")
     return arrays
@@ -257,8 +266,6 @@ def load_parameters(model: Model, path: str | os.PathLike) -> None:
 
 
 def load_model(path: str | os.PathLike, backend: str | Backend | None = None) -> Model:
-    from .model import Model
-
     path = os.fspath(path)
     with _npz.Reader(path) as file:
         if file.header.get("kind") != "model":
@@ -269,19 +276,26 @@ def load_model(path: str | os.PathLike, backend: str | Backend | None = None) ->
         saved = _saved(file.header, path)
         _require(file.keys, saved.shapes, path, "its header describes")
         arrays = _checked(file.read(saved.shapes), path)
-    target = get_backend(backend, saved.dtype)
-    try:
-        with random.kept_state():
-            model = Model([_layer(cls, config, target) for cls, config in saved.layers])
-        model.set(loss=saved.loss, accuracy=saved.accuracy, optimizer=saved.optimizer)
-        model.finalize()  # layer sizes that do not chain fail here, not at first use
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: {exc}") from exc
+    parts = {"loss": saved.loss, "accuracy": saved.accuracy, "optimizer": saved.optimizer}
+    model = _rebuilt(saved.layers, get_backend(backend, saved.dtype), path, **parts)
     state = dict(arrays)
     if saved.optimizer is not None:  # its step count, checked with the header
         state["optimizer/iterations"] = saved.optimizer.iterations
         state["optimizer/current_learning_rate"] = saved.optimizer.current_learning_rate
     model.load_state_dict(state)
+    return model
+
+
+def _rebuilt(specs: list[tuple[type, dict]], target: Backend, path: str, **parts: Any) -> Model:
+    """The model ``specs`` describe, on ``target``, with ``parts`` (its loss, accuracy and
+    optimizer) set; a ModelFileError if they cannot be built or do not fit together."""
+    from .model import Model
+
+    with _rebuilding(path):
+        with random.kept_state():  # rebuilding draws nothing
+            model = Model([_layer(cls, config, target) for cls, config in specs])
+        model.set(**parts)
+        model.finalize()  # layer sizes that do not chain fail here, not at first use
     return model
 
 
