@@ -11,6 +11,7 @@ import platform
 import portnn as pn
 
 from . import distributed
+from ._summary import table
 from .backend import BACKENDS
 from .scripts import one_line
 
@@ -40,10 +41,7 @@ def environment_report() -> str:
         devices = ", ".join(type(backend).devices())  # what its library can compute on here
         rows.append((name, version, "yes", devices, backend.dtype_name))
     header = ("backend", "library", "usable", "devices", "dtype")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-        lines.append(("  " + "  ".join(cells)).rstrip())
+    lines.extend("  " + line for line in table([header, *rows]))
     for note in notes:
         lines.append(note)
     lines.append(distributed.info())

@@ -7,21 +7,20 @@ accuracies are summed on the device and read back only at logging points.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
+from . import _state, _summary, training
 from ._checks import integer
 from ._inputs import prepare, prepare_x
 from ._xp import quiet_float_errors
 from .backend import Backend, backend_of, common_backend, get_backend
-from .callbacks import Callback
 from .layers import Dense, Layer
 from .losses import Loss
 from .metrics import Accuracy
 from .optimizers import Optimizer
-from .training import HISTORY_KEYS, MAX_PENDING, Run, as_float, batches, evaluate_device
+from .training import HISTORY_KEYS, MAX_PENDING, as_float, batches, evaluate_device
 
 __all__ = ["HISTORY_KEYS", "MAX_PENDING", "Model"]
 
@@ -141,35 +140,12 @@ class Model:
 
     def count_parameters(self) -> int:
         """How many numbers training adjusts (weights and biases of every layer)."""
-        return sum(math.prod(getattr(la, n).shape) for la in self.layers for n in la.param_names)
+        return sum(_summary.parameter_count(layer) for layer in self.layers)
 
     def summary(self, *, file: Any = None) -> None:
         """Print each layer with its output shape and parameter count, the totals, the loss
         and optimizer, and where the model computes (Keras' ``model.summary()``)."""
-        rows = [("layer", "output shape", "parameters")]
-        width = self.n_inputs
-        for i, layer in enumerate(self.layers):
-            width = layer.n_neurons if isinstance(layer, Dense) else width
-            count = sum(math.prod(getattr(layer, n).shape) for n in layer.param_names)
-            rows.append((f"{i}  {layer!r}", f"(batch, {width})", f"{count:,}"))
-        widths = [max(len(row[c]) for row in rows) for c in range(3)]
-        lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
-        rule = "-" * len(lines[0])
-        b = self.backend
-        print(
-            "\n".join(
-                [
-                    lines[0],
-                    rule,
-                    *lines[1:],
-                    rule,
-                    f"parameters: {self.count_parameters():,}",
-                    f"loss: {self.loss!r}, optimizer: {self.optimizer!r}",
-                    f"backend: {b.name}, device: {b.device}, dtype: {b.dtype_name}",
-                ]
-            ),
-            file=file,
-        )
+        print(_summary.summary(self), file=file)
 
     # --- data -------------------------------------------------------------------------------
     def _require(self, *names: str) -> None:
@@ -202,67 +178,8 @@ class Model:
         predictions = getattr(self.output_layer, "predictions", None)
         return output if predictions is None else predictions(output)
 
-    def train(
-        self,
-        X: Any,
-        y: Any,
-        *,
-        epochs: int = 1,
-        batch_size: int | None = None,
-        validation_data: tuple[Any, Any] | None = None,
-        print_every: int | None = 1,
-        shuffle: bool = True,
-        progress: bool | str | None = None,
-        comm: Any = None,
-        sharded: bool = False,
-        callbacks: Sequence[Callback] = (),
-        validation_split: float = 0.0,
-        verbose: int | None = None,
-    ) -> dict[str, list]:
-        """Train for ``epochs`` passes over (X, y) in batches of ``batch_size`` (None: all).
-
-        Prints the book's summary line every ``print_every`` epochs (None or 0: silent) and
-        returns the history: per-epoch lists under ``HISTORY_KEYS``. ``shuffle`` draws a new
-        order each epoch on the device. ``progress`` shows a bar (default: on a terminal,
-        when printing). A loss that turns NaN or infinite stops training at the next logging
-        point (at most ``MAX_PENDING`` epochs later) with a FloatingPointError, as do NaN or
-        infinite parameters after the last update; the model then keeps the parameters that
-        the last finite epoch loss was measured from (that epoch's start), and the error's
-        ``history`` holds the epochs before.
-
-        ``comm``, a ``portnn.distributed.Communicator``, trains data-parallel across its MPI
-        ranks. Every rank starts from rank 0's parameters and optimizer state. ``batch_size``
-        is the global batch, and each rank computes its slice of every batch of rank 0's
-        permutation, so N ranks reach the parameters one process reaches, to float
-        tolerance. Every rank passes the same data, or with ``sharded=True`` its own rows
-        (``portnn.distributed.shard``). Figures and history are reduced across ranks, and
-        only rank 0 prints and shows progress.
-
-        As in Keras: ``callbacks`` (``portnn.callbacks``: EarlyStopping, ModelCheckpoint,
-        ReduceLROnPlateau, LearningRateScheduler, HistoryLogger, or your own) see each
-        epoch's figures and may stop training; ``validation_split`` holds out that fraction
-        of the last samples as validation data; ``verbose`` 0 is silent, 1 shows a bar, 2
-        prints a line per epoch. ``progress="keep"`` leaves the bars on screen. Ctrl-C stops
-        before the next step, so the model holds whole steps, and raises KeyboardInterrupt
-        with the ``history`` of the epochs that completed.
-        """
-        run = Run(
-            self,
-            X,
-            y,
-            epochs=epochs,
-            batch_size=batch_size,
-            validation_data=validation_data,
-            print_every=print_every,
-            shuffle=shuffle,
-            progress=progress,
-            comm=comm,
-            sharded=sharded,
-            callbacks=callbacks,
-            validation_split=validation_split,
-            verbose=verbose,
-        )
-        return run.fit()
+    # One training run; its arguments, checks and loop are training.py's.
+    train = training.train
 
     def evaluate(self, X: Any, y: Any, *, batch_size: int | None = None) -> tuple[float, float]:
         """Mean data loss and accuracy over (X, y), as floats."""
@@ -295,20 +212,7 @@ class Model:
     def set_parameters(self, parameters: Iterable[tuple[Any, Any]]) -> None:
         """Set every trainable layer's (weights, biases); NumPy or this backend's arrays.
         Checks every shape first, so a bad list changes nothing."""
-        layers = [la for la in self.layers if la.param_names]
-        parameters = list(parameters)
-        if len(parameters) != len(layers):
-            raise ValueError(
-                f"got {len(parameters)} parameter pairs for {len(layers)} trainable layers"
-            )
-        index = {id(la): i for i, la in enumerate(self.layers)}
-        self._assign(
-            {
-                f"layers/{index[id(layer)]}/{name}": value
-                for layer, pair in zip(layers, parameters, strict=True)
-                for name, value in zip(layer.param_names, pair, strict=True)
-            }
-        )
+        self._assign(_state.from_pairs(self, parameters))
 
     def state_dict(self) -> dict[str, Any]:
         """Every parameter as ``layers/<i>/<name>`` and, with an optimizer, its state as
@@ -316,75 +220,17 @@ class Model:
         ``optimizer/current_learning_rate`` (``i`` indexes ``self.layers``): a plain dict of
         arrays and numbers, the arrays by reference (updates make new arrays). The files of
         ``save``, the divergence snapshot and checkpoints are all made of it."""
-        state = {
-            f"layers/{i}/{name}": getattr(layer, name)
-            for i, layer in enumerate(self.layers)
-            for name in layer.param_names
-        }
-        if self.optimizer is not None:
-            opt = self.optimizer.state_dict(self.layers)
-            state["optimizer/iterations"] = opt["iterations"]
-            state["optimizer/current_learning_rate"] = opt["current_learning_rate"]
-            for i, by_param in opt["state"].items():
-                for name, fields in by_param.items():
-                    for field, value in fields.items():
-                        state[f"optimizer/{i}/{name}/{field}"] = value
-        return state
+        return _state.state_dict(self)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what ``state_dict`` gave (NumPy or this backend's arrays). Everything is
         checked before anything is set, so a bad dict changes nothing."""
-        params = {k: v for k, v in state_dict.items() if k.startswith("layers/")}
-        moved = self._checked_parameters(params)
-        opt_keys = {k for k in state_dict if k.startswith("optimizer/")}
-        if opt_keys and self.optimizer is None:
-            raise ValueError("the state holds optimizer state but the model has no optimizer")
-        if self.optimizer is not None and opt_keys:
-            nested: dict[int, dict[str, dict[str, Any]]] = {}
-            for key in opt_keys - {"optimizer/iterations", "optimizer/current_learning_rate"}:
-                _, i, name, field = key.split("/")
-                nested.setdefault(int(i), {}).setdefault(name, {})[field] = state_dict[key]
-            self.optimizer.load_state_dict(
-                {
-                    "iterations": state_dict["optimizer/iterations"],
-                    "current_learning_rate": state_dict["optimizer/current_learning_rate"],
-                    "state": nested,
-                },
-                self.layers,
-            )
-        self._set(moved)
+        _state.load_state_dict(self, state_dict)
 
     def _assign(self, params: dict[str, Any]) -> None:
-        self._set(self._checked_parameters(params))
-
-    def _checked_parameters(self, params: dict[str, Any]) -> dict[tuple[Layer, str], Any]:
-        """``layers/<i>/<name>`` arrays moved to this model's backend and dtype, each checked
-        against the parameter it replaces."""
-        expected = {
-            f"layers/{i}/{name}": (layer, name)
-            for i, layer in enumerate(self.layers)
-            for name in layer.param_names
-        }
-        if set(params) != set(expected):
-            missing, extra = (
-                sorted(set(expected) - set(params)),
-                sorted(set(params) - set(expected)),
-            )
-            raise ValueError(f"parameters do not fit the model: missing {missing}, extra {extra}")
-        b = self.backend
-        moved = {}
-        for key, (layer, name) in expected.items():
-            array = b.asarray(params[key], dtype=b.dtype)  # a float32 model stays so
-            want = tuple(getattr(layer, name).shape)
-            if tuple(array.shape) != want:
-                raise ValueError(f"{key}: expected shape {want}, got {tuple(array.shape)}")
-            moved[(layer, name)] = array
-        return moved
-
-    @staticmethod
-    def _set(moved: dict[tuple[Layer, str], Any]) -> None:
-        for (layer, name), array in moved.items():
-            setattr(layer, name, array)
+        """Set the parameters from ``layers/<i>/<name>`` arrays, all checked first (io and
+        interop load files through it)."""
+        _state.assign(self, params)
 
     def save_parameters(self, path: str | os.PathLike) -> None:
         from . import io

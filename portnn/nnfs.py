@@ -60,26 +60,13 @@ from typing import Any
 
 import numpy as np
 
-from . import datasets
+from . import activations, datasets, layers, losses, metrics, optimizers
 from . import random as _random
 from ._checks import integer
 from ._inputs import prepare
-from .activations import Linear, ReLU, Sigmoid, Softmax
 from .backend import Backend, get_backend
-from .layers import Dense, Dropout, Input
-from .losses import (
-    BinaryCrossentropy,
-    CategoricalCrossentropy,
-    Loss,
-    MeanAbsoluteError,
-    MeanSquaredError,
-    SoftmaxCategoricalCrossentropy,
-)
-from .metrics import CategoricalAccuracy, RegressionAccuracy
-from .model import HISTORY_KEYS
 from .model import Model as _Model
-from .optimizers import SGD, Adagrad, Adam, RMSprop
-from .training import batches
+from .training import HISTORY_KEYS, batches
 
 __all__ = [
     "Accuracy_Categorical",
@@ -108,25 +95,27 @@ __all__ = [
     "vertical_data",
 ]
 
-Layer_Dense = Dense
-Layer_Input = Input
-Activation_ReLU = ReLU
-Activation_Softmax = Softmax
-Activation_Sigmoid = Sigmoid
-Activation_Linear = Linear
-Loss_CategoricalCrossentropy = CategoricalCrossentropy
-Loss_BinaryCrossentropy = BinaryCrossentropy
-Loss_MeanSquaredError = MeanSquaredError
-Loss_MeanAbsoluteError = MeanAbsoluteError
-Optimizer_SGD = SGD
-Optimizer_Adagrad = Adagrad
-Optimizer_RMSprop = RMSprop
-Optimizer_Adam = Adam
-Accuracy_Categorical = CategoricalAccuracy  # Accuracy_Categorical(binary=True) as in the book
-Accuracy_Regression = RegressionAccuracy
+Layer_Dense = layers.Dense
+Layer_Input = layers.Input
+Activation_ReLU = activations.ReLU
+Activation_Softmax = activations.Softmax
+Activation_Sigmoid = activations.Sigmoid
+Activation_Linear = activations.Linear
+Loss = losses.Loss
+Loss_CategoricalCrossentropy = losses.CategoricalCrossentropy
+Loss_BinaryCrossentropy = losses.BinaryCrossentropy
+Loss_MeanSquaredError = losses.MeanSquaredError
+Loss_MeanAbsoluteError = losses.MeanAbsoluteError
+Optimizer_SGD = optimizers.SGD
+Optimizer_Adagrad = optimizers.Adagrad
+Optimizer_RMSprop = optimizers.RMSprop
+Optimizer_Adam = optimizers.Adam
+# The book's Accuracy_Categorical(binary=True) works as written.
+Accuracy_Categorical = metrics.CategoricalAccuracy
+Accuracy_Regression = metrics.RegressionAccuracy
 
 
-class Layer_Dropout(Dropout):
+class Layer_Dropout(layers.Dropout):
     """The book's dropout layer: ``forward(inputs)`` drops (chapter 15); the model passes
     ``training=False`` when evaluating and predicting (chapters 18 to 22)."""
 
@@ -134,7 +123,7 @@ class Layer_Dropout(Dropout):
         return super().forward(inputs, training=training)
 
 
-class Activation_Softmax_Loss_CategoricalCrossentropy(SoftmaxCategoricalCrossentropy):
+class Activation_Softmax_Loss_CategoricalCrossentropy(losses.SoftmaxCategoricalCrossentropy):
     """Softmax and cross-entropy in one (chapters 9 to 17): ``forward(inputs, y_true)`` returns
     the mean loss and sets ``.output``; ``backward(dvalues, y_true)`` sets ``.dinputs``."""
 
@@ -144,7 +133,7 @@ class Activation_Softmax_Loss_CategoricalCrossentropy(SoftmaxCategoricalCrossent
         return self.calculate(self.output, y_true)
 
     @property
-    def loss(self) -> SoftmaxCategoricalCrossentropy:
+    def loss(self) -> losses.SoftmaxCategoricalCrossentropy:
         # The book's class holds a separate loss object; portnn's is that loss itself.
         return self
 

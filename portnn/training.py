@@ -1,5 +1,6 @@
-"""One training run of a Model: batches, figures kept on the device until a logging point,
-divergence, history and the book's progress lines.
+"""One training run of a Model (``Model.train`` is ``train`` here): batches, figures kept on
+the device until a logging point, divergence and history (what it prints and the progress
+bars are in ``progress``).
 
 Figures stay on the device and are read back only at logging points, so a GPU run has no
 host round trip per batch. Each epoch keeps the state its first forward pass measured (a
@@ -20,17 +21,15 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
-
-from tqdm.auto import tqdm
 
 from . import random
 from ._checks import integer, real
 from ._inputs import prepare
 from ._xp import all_finite, quiet_float_errors
 from .callbacks import Callback
+from .progress import ProgressBars, book_line
 
 if TYPE_CHECKING:
     from .model import Model
@@ -51,8 +50,71 @@ HISTORY_KEYS = (
 MAX_PENDING = 10
 
 
+def train(
+    model: Model,
+    X: Any,
+    y: Any,
+    *,
+    epochs: int = 1,
+    batch_size: int | None = None,
+    validation_data: tuple[Any, Any] | None = None,
+    print_every: int | None = 1,
+    shuffle: bool = True,
+    progress: bool | str | None = None,
+    comm: Any = None,
+    sharded: bool = False,
+    callbacks: Sequence[Callback] = (),
+    validation_split: float = 0.0,
+    verbose: int | None = None,
+) -> dict[str, list]:
+    """Train for ``epochs`` passes over (X, y) in batches of ``batch_size`` (None: all).
+
+    Prints the book's summary line every ``print_every`` epochs (None or 0: silent) and
+    returns the history: per-epoch lists under ``HISTORY_KEYS``. ``shuffle`` draws a new
+    order each epoch on the device. ``progress`` shows a bar (default: on a terminal,
+    when printing). A loss that turns NaN or infinite stops training at the next logging
+    point (at most ``MAX_PENDING`` epochs later) with a FloatingPointError, as do NaN or
+    infinite parameters after the last update; the model then keeps the parameters that
+    the last finite epoch loss was measured from (that epoch's start), and the error's
+    ``history`` holds the epochs before.
+
+    ``comm``, a ``portnn.distributed.Communicator``, trains data-parallel across its MPI
+    ranks. Every rank starts from rank 0's parameters and optimizer state. ``batch_size``
+    is the global batch, and each rank computes its slice of every batch of rank 0's
+    permutation, so N ranks reach the parameters one process reaches, to float
+    tolerance. Every rank passes the same data, or with ``sharded=True`` its own rows
+    (``portnn.distributed.shard``). Figures and history are reduced across ranks, and
+    only rank 0 prints and shows progress.
+
+    As in Keras: ``callbacks`` (``portnn.callbacks``: EarlyStopping, ModelCheckpoint,
+    ReduceLROnPlateau, LearningRateScheduler, HistoryLogger, or your own) see each
+    epoch's figures and may stop training; ``validation_split`` holds out that fraction
+    of the last samples as validation data; ``verbose`` 0 is silent, 1 shows a bar, 2
+    prints a line per epoch. ``progress="keep"`` leaves the bars on screen. Ctrl-C stops
+    before the next step, so the model holds whole steps, and raises KeyboardInterrupt
+    with the ``history`` of the epochs that completed.
+    """
+    run = Run(
+        model,
+        X,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        validation_data=validation_data,
+        print_every=print_every,
+        shuffle=shuffle,
+        progress=progress,
+        comm=comm,
+        sharded=sharded,
+        callbacks=callbacks,
+        validation_split=validation_split,
+        verbose=verbose,
+    )
+    return run.fit()
+
+
 class Run:
-    """``Run(model, X, y, ...).fit()``: what ``Model.train`` does, with its bookkeeping in
+    """``Run(model, X, y, ...).fit()``: what ``train`` does, with its bookkeeping in
     one place (the data, the batches, the epochs waiting for a logging point, the history)."""
 
     def __init__(
@@ -348,49 +410,6 @@ def _held_out(X: Any, y: Any, fraction: float) -> tuple[Any, Any, tuple[Any, Any
     return X[:cut, ...], y[:cut, ...], (X[cut:, ...], y[cut:, ...])
 
 
-class ProgressBars:
-    """The run's progress: one bar for the whole run, or one per epoch when epochs are long
-    (``LONG_EPOCH`` batches or more), with the latest loss and accuracy beside it (read
-    back at most every ``interval`` seconds, so the bar costs no sync per batch). ``keep``
-    leaves the bars on screen at the end."""
-
-    LONG_EPOCH = 100
-
-    def __init__(self, enabled: bool, epochs: int, steps: int, keep: bool = False) -> None:
-        self.enabled, self.epochs, self.steps, self.keep = enabled, epochs, steps, keep
-        self.per_epoch = steps >= self.LONG_EPOCH
-        self.interval, self._shown = 0.5, time.monotonic()
-        total = steps if self.per_epoch else epochs * steps
-        self.bar = tqdm(total=total, disable=not enabled, unit="batch", leave=keep)
-
-    def start_epoch(self, epoch: int) -> None:
-        if self.per_epoch and epoch > 1 and self.enabled:
-            self.bar.close()
-            self.bar = tqdm(total=self.steps, unit="batch", leave=self.keep)
-        self.bar.set_description(f"epoch {epoch}/{self.epochs}", refresh=False)
-
-    def step(self, running: Any) -> None:
-        """One batch done; ``running()`` gives the epoch's figures so far, when shown."""
-        self.bar.update()
-        if self.enabled and time.monotonic() - self._shown > self.interval:
-            loss, accuracy = running()
-            self.bar.set_postfix(loss=number(float(loss)), acc=f"{float(accuracy):.3f}")
-            self._shown = time.monotonic()
-
-    def show(self, values: dict) -> None:
-        """An epoch's final figures."""
-        if self.enabled:
-            self.bar.set_postfix(loss=number(values["loss"]), acc=f"{values['accuracy']:.3f}")
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def number(value: float) -> str:
-    """Three decimals, or three significant digits for what would print as 0.000."""
-    return f"{value:.3e}" if value != 0 and abs(value) < 5e-4 else f"{value:.3f}"
-
-
 def batches(n: int, batch_size: int | None) -> list[slice]:
     """Consecutive slices of ``batch_size`` (None: one of all ``n``); the last may be short."""
     size = n if batch_size is None else min(batch_size, n)
@@ -440,15 +459,3 @@ def _pair(validation_data: Any) -> tuple[Any, Any]:
     if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
         raise ValueError("validation_data must be a pair (X_val, y_val)")
     return validation_data[0], validation_data[1]
-
-
-def book_line(v: dict) -> str:
-    """The book's progress line for one epoch's figures (and its validation line)."""
-    line = (
-        f"epoch: {v['epoch']}, acc: {v['accuracy']:.3f}, loss: {number(v['loss'])} "
-        f"(data_loss: {number(v['data_loss'])}, reg_loss: {number(v['regularization_loss'])}), "
-        f"lr: {v['learning_rate']:.10g}"
-    )
-    if v.get("val_loss") is not None:
-        line += f"\nvalidation, acc: {v['val_accuracy']:.3f}, loss: {number(v['val_loss'])}"
-    return line

@@ -1,0 +1,55 @@
+"""Text tables: ``Model.summary``'s (layers, output shapes, parameter counts) and the
+``table`` layout it shares with ``portnn info``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
+
+from .layers import Dense, Layer
+
+if TYPE_CHECKING:
+    from .model import Model
+
+
+def table(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:
+    """``rows`` as lines of columns two spaces apart, each column as wide as its widest cell,
+    left-aligned but for the column indexes in ``right``; no line ends in spaces."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if c in right else cell.ljust(width)
+            for c, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def parameter_count(layer: Layer) -> int:
+    """How many numbers training adjusts in ``layer``."""
+    return sum(math.prod(getattr(layer, name).shape) for name in layer.param_names)
+
+
+def summary(model: Model) -> str:
+    """Each layer with its output shape and parameter count, the totals, the loss and
+    optimizer, and where the model computes."""
+    rows = [("layer", "output shape", "parameters")]
+    width = model.n_inputs
+    for i, layer in enumerate(model.layers):
+        width = layer.n_neurons if isinstance(layer, Dense) else width
+        rows.append((f"{i}  {layer!r}", f"(batch, {width})", f"{parameter_count(layer):,}"))
+    header, *lines = table(rows, right={2})
+    rule = "-" * len(header)
+    b = model.backend
+    return "\n".join(
+        [
+            header,
+            rule,
+            *lines,
+            rule,
+            f"parameters: {model.count_parameters():,}",
+            f"loss: {model.loss!r}, optimizer: {model.optimizer!r}",
+            f"backend: {b.name}, device: {b.device}, dtype: {b.dtype_name}",
+        ]
+    )
