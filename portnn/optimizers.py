@@ -191,10 +191,31 @@ class CacheState(NamedTuple):
     cache: Any
 
 
-class Adagrad(Optimizer):
-    """Adagrad: ``cache += g**2; p -= lr * g / (sqrt(cache) + eps)``."""
+class _Cached(Optimizer):
+    """Adagrad's and RMSprop's step, ``p -= lr * g / (sqrt(cache) + eps)``; each subclass
+    says how its cache of squared gradients grows (``_cache``)."""
 
     State = CacheState
+
+    def __init__(self, learning_rate, decay, epsilon, *, schedule) -> None:
+        super().__init__(learning_rate, decay, schedule=schedule)
+        self.epsilon = _check("epsilon", epsilon, 0.0)
+
+    def _cache(self, cache: Any, grad: Any) -> Any:
+        raise NotImplementedError
+
+    def _update(self, param, grad, state):
+        xp = array_namespace(param)
+        cache = self._cache(state.cache, grad)
+        step = self.current_learning_rate * grad / (xp.sqrt(cache) + self.epsilon)
+        return param - step, CacheState(cache)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+class Adagrad(_Cached):
+    """Adagrad: ``cache += g**2; p -= lr * g / (sqrt(cache) + eps)``."""
 
     def __init__(
         self,
@@ -204,23 +225,14 @@ class Adagrad(Optimizer):
         *,
         schedule: Schedule | None = None,
     ):
-        super().__init__(learning_rate, decay, schedule=schedule)
-        self.epsilon = _check("epsilon", epsilon, 0.0)
+        super().__init__(learning_rate, decay, epsilon, schedule=schedule)
 
-    def _update(self, param, grad, state):
-        xp = array_namespace(param)
-        cache = state.cache + grad * grad
-        step = self.current_learning_rate * grad / (xp.sqrt(cache) + self.epsilon)
-        return param - step, CacheState(cache)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "epsilon": self.epsilon}
+    def _cache(self, cache, grad):
+        return cache + grad * grad
 
 
-class RMSprop(Optimizer):
+class RMSprop(_Cached):
     """RMSprop: ``cache = rho * cache + (1 - rho) * g**2; p -= lr * g / (sqrt(cache) + eps)``."""
-
-    State = CacheState
 
     def __init__(
         self,
@@ -231,18 +243,14 @@ class RMSprop(Optimizer):
         *,
         schedule: Schedule | None = None,
     ):
-        super().__init__(learning_rate, decay, schedule=schedule)
-        self.epsilon = _check("epsilon", epsilon, 0.0)
+        super().__init__(learning_rate, decay, epsilon, schedule=schedule)
         self.rho = _check("rho", rho, 0.0, 1.0)
 
-    def _update(self, param, grad, state):
-        xp = array_namespace(param)
-        cache = self.rho * state.cache + (1 - self.rho) * (grad * grad)
-        step = self.current_learning_rate * grad / (xp.sqrt(cache) + self.epsilon)
-        return param - step, CacheState(cache)
+    def _cache(self, cache, grad):
+        return self.rho * cache + (1 - self.rho) * (grad * grad)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "epsilon": self.epsilon, "rho": self.rho}
+        return {**super().get_config(), "rho": self.rho}
 
 
 class AdamState(NamedTuple):
