@@ -68,16 +68,15 @@ MUTATIONS = [
     Mutation(
         "shuffle-order-drawn-once",
         "portnn/training.py",
-        "order = random.permutation(X.shape[0], b) if self.shuffle else None",
-        "self._order = order = (self._order if epoch > 1 else random.permutation(X.shape[0], b)) "
-        "if self.shuffle else None",
+        "order = self._permutation(X.shape[0], b)",
+        "order = self._order = self._order if epoch > 1 else self._permutation(X.shape[0], b)",
         "the shuffle order is drawn in the first epoch and reused by every later one",
         LOOP,
     ),
     Mutation(
         "shuffle-x-only",
         "portnn/training.py",
-        "xp.take(y, order[s], axis=0)",
+        "xp.take(y, rows, axis=0)",
         "y[s, ...]",
         "shuffling gathers X by the permutation but takes y in its original order",
         LOOP,
