@@ -9,6 +9,8 @@ per round, the order rotated every round), each timed as the median of ``--epoch
 after one warm-up epoch:
 
   portnn   portnn's ``Model.train`` on ``--backend``
+  portnn-torch  the same on torch tensors, on the torch contestant's device (CUDA beside
+           CuPy): the same portable code on another Array API library
   bare     the same network as a bare loop of Array API calls, no framework: the floor of
            portnn's design (what the framework should cost)
   torch    PyTorch eager: nn.Sequential + F.cross_entropy + optim.Adam, on the same device
@@ -46,9 +48,10 @@ ROWS = {
     "large-batch": {"batch": 4096, "hidden": 128},
     "wide": {"batch": 128, "hidden": 1024},
 }
-CONTESTANTS = ("portnn", "bare", "torch", "jax", "gemm")
+CONTESTANTS = ("portnn", "portnn-torch", "bare", "torch", "jax", "gemm")
 LABELS = {
     "portnn": "portnn `Model.train`",
+    "portnn-torch": "portnn `Model.train` on torch tensors",
     "bare": "bare Array API loop",
     "torch": "PyTorch eager",
     "jax": "JAX jit (CPU)",
@@ -165,7 +168,7 @@ class Contestant:
 class PortnnModel(Contestant):
     """portnn's ``Model.train``: one epoch per call, silent, shuffled, data already on device."""
 
-    def __init__(self, X, y, batch, hidden, backend, seed):
+    def __init__(self, X, y, batch, hidden, backend, seed, device=None):
         import portnn as pn
 
         if not callable(getattr(pn.Model, "train", None)):
@@ -184,22 +187,29 @@ class PortnnModel(Contestant):
                 f"this script's floors train {((N_IN, hidden, hidden, N_OUT), LR, DECAY)}"
             )
         self.backend = backend
-        pn.set_backend(backend)
+        pn.set_backend(backend, device=device)
         pn.seed(seed)
         self.model = recipe.build(hidden=hidden)
-        self.X, self.y = pn.to_backend(X, backend), pn.to_backend(y, backend)
+        self.X, self.y = self.model.backend.asarray(X), self.model.backend.asarray(y)
         self.kwargs = {"epochs": 1, "batch_size": batch, "shuffle": True, "print_every": None}
 
     def epoch(self):
         self.model.train(self.X, self.y, **self.kwargs)
 
     def sync(self):
-        gpu_sync(self.backend)
+        self.model.backend.sync()
 
     def loss(self, X, y):
-        import portnn as pn
+        return self.model.evaluate(self.model.backend.asarray(X), self.model.backend.asarray(y))
 
-        return self.model.evaluate(pn.to_backend(X, self.backend), pn.to_backend(y, self.backend))
+
+class PortnnTorch(PortnnModel):
+    """portnn's ``Model.train`` on torch tensors, where the torch contestant runs."""
+
+    def __init__(self, X, y, batch, hidden, backend, seed):
+        if backend in ("torch", "array_api_strict"):
+            raise Unavailable(f"only beside numpy or cupy (here the portnn row is {backend})")
+        super().__init__(X, y, batch, hidden, "torch", seed, device=torch_device(backend))
 
 
 class BareLoop(Contestant):
@@ -454,6 +464,7 @@ class GemmFloor(Contestant):
 
 KINDS = {
     "portnn": PortnnModel,
+    "portnn-torch": PortnnTorch,
     "bare": BareLoop,
     "torch": TorchEager,
     "jax": JaxJit,
