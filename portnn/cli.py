@@ -10,8 +10,8 @@
 - ``portnn predict MODEL IMAGE``: the book's chapter 22 inference on one image file.
 
 Every command takes ``--threads N``: the threads of the BLAS/OpenMP pools and torch
-(``portnn.set_num_threads``). Without it, ``train`` and ``evaluate`` use one thread for the
-small datasets (``SMALL_DATASETS``) and leave the libraries' defaults for the others.
+(``portnn.set_num_threads``). Without it, ``train`` and ``evaluate`` use the dataset's recipe's
+``threads``: one for the small datasets (``SMALL_DATASETS``), the libraries' own for the others.
 
 Errors are one line on stderr, ``portnn: error: ...``, with exit status 1 (2 for a bad
 command line); set ``PORTNN_DEBUG=1`` to see the traceback instead. Ctrl-C ends with
@@ -25,86 +25,33 @@ import argparse
 import contextlib
 import math
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 import portnn as pn
 
-from . import datasets, distributed, recipes
-from ._npz import check_writable
+from . import datasets, distributed, inference, recipes, threads
 from .about import environment_report
 from .backend import BACKENDS
-from .layers import Dense
-from .scripts import report
+from .scripts import ArgumentParser, check_output, report
 
 PROG = "portnn"
 DATASETS = tuple(recipes.RECIPES)
-# One thread by default for these: their matrix products (about a thousand rows by 64 to 128
-# columns at most, with the default --hidden) are too small for a second thread to pay for, and
-# on a busy machine the extra threads spin (measured: README, "The portnn command").
-# Fashion-MNIST's can gain on an idle machine, so it keeps the libraries' own count.
-SMALL_DATASETS = ("spiral", "vertical", "sine", "digits")
-
-
-class _UsageError(Exception):
-    """A bad command line: reported in one line with exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(f"{message} (see '{self.prog} --help')")
+SMALL_DATASETS = tuple(name for name, r in recipes.RECIPES.items() if r.threads == 1)
+_NETWORK = ("hidden", "layers", "optimizer", "learning_rate")  # the options --resume refuses
 
 
 def _load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    """``datasets.load``: the same seed gives the same data in train and evaluate. A missing
-    Fashion-MNIST names the options that find or fetch it."""
-    folder = Path(args.data).expanduser() if args.data else None
-    if folder is not None and args.dataset == "fashion-mnist":
-        if folder.exists() and not folder.is_dir():
-            raise NotADirectoryError(f"--data {args.data}: it is a file, not a folder")
-        if not folder.exists() and not args.download:  # --download creates it
-            raise FileNotFoundError(
-                f"--data {args.data}: the folder does not exist (--download creates it and "
-                "fetches Fashion-MNIST into it)"
-            )
-    try:
-        return datasets.load(args.dataset, path=args.data, download=args.download, seed=args.seed)
-    except FileNotFoundError as exc:
-        if args.dataset != "fashion-mnist":
-            raise
-        where = args.data if args.data else datasets.default_data_dir()
-        raise FileNotFoundError(
-            f"Fashion-MNIST was not found in {where}; pass --download to fetch it (about "
-            "30 MB), or --data FOLDER to read the four IDX files (or the book's PNG "
-            "folders) from FOLDER"
-        ) from exc
-
-
-def _describe(model: Any) -> str:
-    sizes = [la.n_inputs for la in model.layers if isinstance(la, Dense)][:1]
-    sizes += [la.n_neurons for la in model.layers if isinstance(la, Dense)]
-    acts = [type(la).__name__ for la in model.layers if not isinstance(la, Dense)]
-    return f"{'-'.join(map(str, sizes))} ({', '.join(dict.fromkeys(acts))})"
+    """The same seed gives the same data in train and evaluate."""
+    return datasets.load_for_command(
+        args.dataset, args.data, download=args.download, seed=args.seed
+    )
 
 
 def _figures(label: str, loss: float, accuracy: float) -> str:
     shown = f"{loss:.3f}" if abs(loss) >= 0.01 or loss == 0 else f"{loss:.3g}"
     return f"{label}, acc: {accuracy:.3f}, loss: {shown}"
-
-
-def _check_writable(path: str | None, option: str) -> None:
-    """Fail before the run, not after it, when an output file cannot be written there: a
-    folder, a missing folder or one without write permission (an OSError naming the path)."""
-    if path is not None:
-        try:
-            check_writable(Path(path).expanduser())
-        except OSError as exc:
-            raise type(exc)(f"{option}: {exc}") from exc
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -121,16 +68,12 @@ def _device_name(device: Any) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     recipe = recipes.get(args.dataset)
-    epochs = args.epochs or recipe.epochs
-    batch_size = args.batch_size or recipe.batch_size
-    print_every = args.print_every if args.print_every is not None else recipe.print_every(epochs)
-    _check_writable(args.save, "--save")
-    _check_writable(args.plot, "--plot")
-    _check_writable(args.plot_regions, "--plot-regions")
-    if args.plot or args.plot_regions:
-        from .plot import _matplotlib
-
-        _matplotlib()  # fail now, not after training, when matplotlib is missing
+    epochs, batch_size, print_every = recipe.training(
+        args.epochs, args.batch_size, args.print_every
+    )
+    check_output(args.save, "--save")
+    check_output(args.plot, "--plot", figure=True)
+    check_output(args.plot_regions, "--plot-regions", figure=True)
     if args.plot_regions and args.dataset not in ("spiral", "vertical", "sine"):
         raise ValueError(
             "--plot-regions draws the decision regions of spiral or vertical, or sine's fit"
@@ -142,29 +85,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     say = (lambda *a: None) if args.quiet else tell
     pn.seed(args.seed)
     X, y, X_test, y_test = _load_data(args)
-    if args.resume:
-        model = _resumed(args, X.shape[1])
-    else:
-        model = recipe.build(
-            X.shape[1],
-            hidden=args.hidden,
-            learning_rate=args.learning_rate,
-            layers=args.layers,
-            optimizer=args.optimizer or "adam",
-        )
-    backend, opt = model.backend, model.optimizer
+    network = {option: getattr(args, option) for option in _NETWORK}
+    model = recipes.build_for_command(
+        args.dataset, X.shape[1], args.resume, backend=args.backend, **network
+    )
+    backend, steps = model.backend, model.optimizer.iterations
     say(f"portnn {pn.__version__}: {args.dataset}, {recipe.about}")
     tests = f", {len(X_test)} test samples" if X_test is not None else ""
     say(f"data: {len(X)} training samples{tests}, {X.shape[1]} features")
-    resumed = f", resumed from {args.resume} at step {opt.iterations}" if args.resume else ""
-    say(
-        f"model: {_describe(model)}, {type(model.loss).__name__}, "
-        f"{type(opt).__name__}(learning_rate={opt.learning_rate:g}, decay={opt.decay:g}){resumed}"
-    )
+    resumed = f", resumed from {args.resume} at step {steps}" if args.resume else ""
+    say(f"model: {recipes.describe(model, training=True)}{resumed}")
     batches = "full batch" if batch_size is None else f"batches of {batch_size}"
+    used = threads.describe()
     say(
         f"training: {epochs} epochs, {batches}, "
-        f"on {backend.name} ({backend.dtype_name}, {_device_name(backend.device)}){_threads_used()}"
+        f"on {backend.name} ({backend.dtype_name}, {_device_name(backend.device)})"
+        + (f", {used}" if used else "")
     )
     if comm is not None:  # the first line: the ranks and the path the gradients take
         distributed.announce(distributed.describe(model, comm, batch_size), say, comm)
@@ -199,55 +135,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         plot_history(history, args.plot, title=f"portnn train {args.dataset}")
         print(f"saved the training plot to {args.plot}")
-    if args.plot_regions:
-        from .plot import plot_decision_regions, plot_regression
-
-        if args.dataset == "sine":  # a regression: the prediction against the target
-            plot_regression(model, X, y, args.plot_regions, title=args.dataset)
-            print(f"saved the prediction against the target to {args.plot_regions}")
-        else:
-            plot_decision_regions(model, X, y, args.plot_regions, title=args.dataset)
-            print(f"saved the decision regions to {args.plot_regions}")
+    if args.plot_regions:  # sine's fit, or the decision regions of spiral or vertical
+        drawn = recipe.plot_fit(model, X, y, args.plot_regions, title=args.dataset)
+        print(f"saved {drawn} to {args.plot_regions}")
     return 0
 
 
-def _threads_used() -> str:
-    """``, 1 CPU thread``, or each pool's count where they differ; empty where none is seen."""
-    counts = pn.get_num_threads()
-    if len(set(counts.values())) == 1:
-        n = next(iter(counts.values()))
-        return f", {n} CPU thread{'s' if n > 1 else ''}"
-    return (", CPU threads: " + ", ".join(f"{k} {n}" for k, n in counts.items())) if counts else ""
-
-
-def _resumed(args: argparse.Namespace, n_inputs: int) -> Any:
-    """The saved model of ``--resume``, with its optimizer state, to train on."""
-    names = ("hidden", "layers", "optimizer", "learning_rate")
-    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
-    if given:
-        raise ValueError(
-            f"--resume continues the saved network and optimizer; drop {', '.join(given)}"
-        )
-    model = _load_model(args.resume, args.backend)
-    if model.optimizer is None:
-        raise ValueError(f"{args.resume} holds no optimizer to resume; save it with model.save")
-    if model.n_inputs != n_inputs:
-        raise ValueError(
-            f"{args.resume} takes {model.n_inputs} features, but {args.dataset} has {n_inputs}"
-        )
-    return model
-
-
-def _load_model(path: str, backend: str | None) -> Any:
-    if Path(path).expanduser().is_dir():
-        raise IsADirectoryError(f"{path}: it is a folder, not a model file")
-    if not Path(path).expanduser().is_file():
-        raise FileNotFoundError(f"{path}: no such model file")
-    return pn.Model.load(Path(path).expanduser(), backend=backend)
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    model = _load_model(args.model, args.backend)
+    model = inference.load_model(args.model, args.backend)
     if model.loss is None:
         model.set(loss=recipes.get(args.dataset).loss())
     pn.seed(args.seed)
@@ -258,7 +153,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"{X.shape[1]} features per sample; was it trained on another dataset?"
         )
     label, X, y = ("data", X, y) if X_test is None else ("test", X_test, y_test)
-    print(f"model: {args.model}, {_describe(model)}, on {model.backend.name}")
+    print(f"model: {args.model}, {recipes.describe(model)}, on {model.backend.name}")
     loss, accuracy = model.evaluate(X, y, batch_size=args.batch_size)
     print(_figures(f"{label} ({len(X)} samples)", loss, accuracy))
     return 0
@@ -266,23 +161,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     names = datasets.FASHION_MNIST_CLASSES
-    model = _load_model(args.model, args.backend)
+    model = inference.load_model(args.model, args.backend)
     image = datasets.fashion_mnist_image(args.image, invert=not args.no_invert)
     if model.n_inputs is not None and model.n_inputs != image.shape[1]:
         raise ValueError(
             f"the model takes {model.n_inputs} inputs, but predict feeds it a 28x28 image "
             "(784 inputs), as for the book's Fashion-MNIST model"
         )
-    # One forward pass: the outputs for the confidence, the classes by the output layer's
-    # own rule (argmax for Softmax, > 0.5 for Sigmoid), as predict_classes applies it.
-    predicted = model.predict(image)
-    outputs = np.asarray(pn.to_numpy(predicted)).reshape(-1)
-    classes = np.asarray(pn.to_numpy(model._predictions(predicted))).reshape(-1)
-    if classes.size != 1 or classes.dtype.kind not in "biu":  # no classes: regression outputs
+    outputs, cls, confidence = inference.classify(model, image)
+    if cls is None:  # no classes: regression outputs
         print("outputs: " + ", ".join(f"{v:.3g}" for v in outputs))
         return 0
-    cls = int(classes[0])
-    confidence = outputs[cls] if outputs.size > 1 else (outputs[0] if cls else 1 - outputs[0])
     name = f"{names[cls]} (class {cls})" if outputs.size == len(names) else f"class {cls}"
     print(f"{name}, confidence: {confidence:.3f}")
     return 0
@@ -321,9 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     positive = _number(int, "a positive integer", lambda v: v >= 1)
     natural = _number(int, "a non-negative integer", lambda v: v >= 0)
     positive_real = _number(float, "a positive number", lambda v: 0 < v < math.inf)
-    backend = _name("backend", BACKENDS, "_", {})
-    dataset = _name("dataset", DATASETS, "-", {"fashion": "fashion-mnist"})
-    parser = _Parser(
+    backend_name = _name("backend", BACKENDS, "_", {})
+    dataset_name = _name("dataset", DATASETS, "-", {"fashion": "fashion-mnist"})
+    parser = ArgumentParser(
         prog=PROG,
         description="Train and use the network of 'Neural Networks from Scratch in Python' "
         "on NumPy, CuPy, PyTorch or array-api-strict.",
@@ -331,21 +220,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {pn.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def threads(p: argparse.ArgumentParser, default: str) -> None:
-        p.add_argument(
-            "--threads",
-            type=positive,
-            metavar="N",
-            help=f"threads of the BLAS/OpenMP pools and torch (default: {default})",
-        )
-
-    def common(p: argparse.ArgumentParser, *, data: bool) -> None:
-        p.add_argument(
-            "--backend",
-            type=backend,
-            metavar="NAME",
-            help="numpy, array_api_strict, torch or cupy (default: $PORTNN_BACKEND or numpy)",
-        )
+    def shared(
+        p: argparse.ArgumentParser,
+        run: Callable,
+        threads: str,
+        *,
+        backend: bool = True,
+        data: bool = False,
+    ) -> None:
+        """The options the commands share, after each one's own: --backend (all but info),
+        --data, --download and --seed where ``data``, and --threads (``threads``: its default)."""
+        if backend:
+            p.add_argument(
+                "--backend",
+                type=backend_name,
+                metavar="NAME",
+                help="numpy, array_api_strict, torch or cupy (default: $PORTNN_BACKEND or numpy)",
+            )
         if data:
             p.add_argument("--data", metavar="PATH", help="folder of the Fashion-MNIST files")
             p.add_argument("--download", action="store_true", help="fetch Fashion-MNIST if missing")
@@ -356,11 +247,18 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="N",
                 help="seed of the data and initial weights (default 0: the book's)",
             )
+        p.add_argument(
+            "--threads",
+            type=positive,
+            metavar="N",
+            help=f"threads of the BLAS/OpenMP pools and torch (default: {threads})",
+        )
+        p.set_defaults(run=run)
 
+    own = "the libraries' own"
+    small = f"1 for {', '.join(SMALL_DATASETS)}, else {own}"
     info = sub.add_parser("info", help="versions, backends, devices and threads")
-    threads(info, "the libraries' own")
-    info.set_defaults(run=_cmd_info)
-    small = f"1 for {', '.join(SMALL_DATASETS)}, else the libraries' own"
+    shared(info, _cmd_info, own, backend=False)
 
     defaults = "; ".join(f"{name}: {r.settings}" for name, r in recipes.RECIPES.items())
     train = sub.add_parser(
@@ -370,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
         f"figures. Defaults per dataset: {defaults}",
     )
     arg = train.add_argument
-    arg("dataset", type=dataset, metavar="DATASET", help=", ".join(DATASETS))
+    arg("dataset", type=dataset_name, metavar="DATASET", help=", ".join(DATASETS))
     arg("--epochs", type=positive, metavar="N", help="passes over the training data")
     arg("--batch-size", type=positive, metavar="N", help="samples per step (default per dataset)")
     arg("--learning-rate", type=positive_real, metavar="LR", help="Adam's initial learning rate")
@@ -392,9 +290,7 @@ def _parser() -> argparse.ArgumentParser:
         help="plot the decision regions (spiral, vertical) or sine's fit to a PNG",
     )
     arg("--quiet", action="store_true", help="print only the final figures")
-    common(train, data=True)
-    threads(train, small)
-    train.set_defaults(run=_cmd_train)
+    shared(train, _cmd_train, small, data=True)
 
     evaluate = sub.add_parser(
         "evaluate",
@@ -403,11 +299,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     arg = evaluate.add_argument
     arg("model", metavar="MODEL", help="a model saved by portnn")
-    arg("dataset", type=dataset, metavar="DATASET", help=", ".join(DATASETS))
+    arg("dataset", type=dataset_name, metavar="DATASET", help=", ".join(DATASETS))
     arg("--batch-size", type=positive, metavar="N", help="samples per forward pass")
-    common(evaluate, data=True)
-    threads(evaluate, small)
-    evaluate.set_defaults(run=_cmd_evaluate)
+    shared(evaluate, _cmd_evaluate, small, data=True)
 
     predict = sub.add_parser(
         "predict",
@@ -423,41 +317,28 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the image is already light on dark, as Fashion-MNIST's are",
     )
-    common(predict, data=False)
-    threads(predict, "the libraries' own")
-    predict.set_defaults(run=_cmd_predict)
+    shared(predict, _cmd_predict, own)
     return parser
 
 
 def _threads(args: argparse.Namespace) -> contextlib.AbstractContextManager:
-    """``--threads`` (or the small datasets' 1) for the command, the libraries' own after it.
-    The libraries come first, so that torch's own pool is among those set."""
+    """``--threads`` (else the dataset's recipe's, for train and evaluate) while the command
+    runs, the libraries' own after it; info sets every backend's library, the others theirs."""
     n = args.threads
-    if n is None and args.command in ("train", "evaluate") and args.dataset in SMALL_DATASETS:
-        n = 1
-    if n is None:
-        return contextlib.nullcontext()
-    for name in BACKENDS if args.command == "info" else [None]:
-        with contextlib.suppress(ImportError, RuntimeError, ValueError):  # the command says so
-            pn.get_backend(name)
-    return pn.num_threads(n)
+    if n is None and args.command in ("train", "evaluate"):
+        n = recipes.get(args.dataset).threads
+    return threads.limit(n, BACKENDS if args.command == "info" else [None])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``portnn`` command with ``argv`` (default: ``sys.argv[1:]``); return its status."""
     parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except _UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help and --version
-        return exc.code if isinstance(exc.code, int) else 0
-    if args.command is None:
-        parser.print_help()
-        return 2
 
     def run() -> int:
+        args = parser.parse_args(argv)  # --help and --version exit with 0, usage errors 2
+        if args.command is None:
+            parser.print_help()
+            return 2
         backend = getattr(args, "backend", None)
         with pn.use_backend(backend) if backend else contextlib.nullcontext(), _threads(args):
             return args.run(args)

@@ -19,11 +19,13 @@ train in seconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._checks import integer
 from .activations import Linear, ReLU, Softmax
+from .inference import load_model
 from .layers import Dense, Layer
 from .losses import CategoricalCrossentropy, Loss, MeanSquaredError
 from .metrics import Accuracy, CategoricalAccuracy, RegressionAccuracy
@@ -32,7 +34,16 @@ from .optimizers import SGD, Adagrad, Adam, RMSprop
 
 OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam}
 
-__all__ = ["OPTIMIZERS", "RECIPES", "Recipe", "build", "get"]
+__all__ = [
+    "OPTIMIZERS",
+    "RECIPES",
+    "Recipe",
+    "build",
+    "build_for_command",
+    "describe",
+    "get",
+    "resume",
+]
 
 
 @dataclass(frozen=True)
@@ -44,7 +55,8 @@ class Recipe:
     Softmax with categorical cross-entropy; a regression (``regression=True``) in Linear with
     mean squared error. The optimizer is ``Adam(learning_rate, decay)``. ``batch_size`` None
     trains on the whole data per step; ``validate`` evaluates the test split every epoch
-    (else only at the end).
+    (else only at the end). ``threads`` is the thread count ``portnn train`` and ``portnn
+    evaluate`` use without ``--threads`` (None: the libraries' own).
     """
 
     about: str
@@ -59,6 +71,7 @@ class Recipe:
     hidden_layers: int
     weight_scale: float = 0.01
     validate: bool = False
+    threads: int | None = None
 
     @property
     def settings(self) -> str:
@@ -89,6 +102,34 @@ class Recipe:
         least 1, so a run prints about ten."""
         epochs = self.epochs if epochs is None else integer("epochs", epochs)
         return max(1, epochs // 10)
+
+    def training(
+        self,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        print_every: int | None = None,
+    ) -> tuple[int, int | None, int]:
+        """``(epochs, batch_size, print_every)`` for ``model.train``: the recipe's, those given
+        (not None) in their place; ``print_every`` defaults to a tenth of the epochs."""
+        epochs = self.epochs if epochs is None else integer("epochs", epochs)
+        batch_size = self.batch_size if batch_size is None else integer("batch_size", batch_size)
+        if print_every is None:
+            return epochs, batch_size, self.print_every(epochs)
+        return epochs, batch_size, integer("print_every", print_every, 0)
+
+    def plot_fit(
+        self, model: Model, X: Any, y: Any, path: str | os.PathLike[str], *, title: str = ""
+    ) -> str:
+        """Draw how the trained ``model`` fits (X, y) to the PNG ``path`` and say what was
+        drawn: a regression's prediction against its target (``plot.plot_regression``), else
+        the decision regions of its classes on the plane (``plot.plot_decision_regions``)."""
+        from . import plot
+
+        if self.regression:
+            plot.plot_regression(model, X, y, path, title=title)
+            return "the prediction against the target"
+        plot.plot_decision_regions(model, X, y, path, title=title)
+        return "the decision regions"
 
     def build(
         self,
@@ -127,30 +168,28 @@ class Recipe:
         return model
 
 
+# One thread for the small networks: their matrix products (about a thousand rows by 64 to 128
+# columns at most, with the default hidden width) are too small for a second thread to pay for,
+# and on a busy machine the extra threads spin (measured: README, "The portnn command").
+# Fashion-MNIST's can gain on an idle machine, so it keeps the libraries' own count.
+_CHAPTER_10 = Recipe(
+    "the book's chapter 10 run: spiral(100, 3), Adam(0.05, decay 5e-7)",
+    n_inputs=2,
+    n_outputs=3,
+    regression=False,
+    epochs=10001,
+    batch_size=None,
+    learning_rate=0.05,
+    decay=5e-7,
+    hidden=64,
+    hidden_layers=1,
+    threads=1,
+)
+
 RECIPES: dict[str, Recipe] = {
-    "spiral": Recipe(
-        "the book's chapter 10 run: spiral(100, 3), Adam(0.05, decay 5e-7)",
-        n_inputs=2,
-        n_outputs=3,
-        regression=False,
-        epochs=10001,
-        batch_size=None,
-        learning_rate=0.05,
-        decay=5e-7,
-        hidden=64,
-        hidden_layers=1,
-    ),
-    "vertical": Recipe(
-        "vertical(100, 3) with the chapter 10 network",
-        n_inputs=2,
-        n_outputs=3,
-        regression=False,
-        epochs=1001,
-        batch_size=None,
-        learning_rate=0.05,
-        decay=5e-7,
-        hidden=64,
-        hidden_layers=1,
+    "spiral": _CHAPTER_10,
+    "vertical": replace(
+        _CHAPTER_10, about="vertical(100, 3) with the chapter 10 network", epochs=1001
     ),
     "sine": Recipe(
         "the book's chapter 17 regression: sine_data(), Adam(0.005, decay 1e-3)",
@@ -164,6 +203,7 @@ RECIPES: dict[str, Recipe] = {
         hidden=64,
         hidden_layers=2,
         weight_scale=0.1,
+        threads=1,
     ),
     "fashion-mnist": Recipe(
         "the book's chapter 19 run: Fashion-MNIST, Adam(decay 1e-3), batches of 128",
@@ -190,6 +230,7 @@ RECIPES: dict[str, Recipe] = {
         hidden=128,
         hidden_layers=1,
         validate=True,
+        threads=1,
     ),
 }
 
@@ -213,3 +254,58 @@ def build(
     """The book's model for the dataset ``name``, ready to train: ``get(name).build(...)``,
     with ``Recipe.build``'s options (hidden, learning_rate, layers, optimizer)."""
     return get(name).build(n_inputs, n_outputs, **options)
+
+
+def describe(model: Model, *, training: bool = False) -> str:
+    """The network in a few words, as ``portnn train`` prints it: the Dense sizes, inputs
+    first, then the other layers' kinds once each: ``2-64-3 (ReLU, Softmax)``; with
+    ``training``, then the loss and the optimizer: ``..., CategoricalCrossentropy,
+    Adam(learning_rate=0.05, decay=5e-07)``."""
+    kinds = [type(layer).__name__ for layer in model.layers if not isinstance(layer, Dense)]
+    text = f"{'-'.join(map(str, model._sizes()))} ({', '.join(dict.fromkeys(kinds))})"
+    if not training:
+        return text
+    opt = model.optimizer
+    return (
+        f"{text}, {type(model.loss).__name__}, "
+        f"{type(opt).__name__}(learning_rate={opt.learning_rate:g}, decay={opt.decay:g})"
+    )
+
+
+def resume(
+    path: str | os.PathLike[str],
+    n_inputs: int,
+    *,
+    backend: str | None = None,
+    data: str = "the data",
+) -> Model:
+    """The model saved at ``path`` with its optimizer's state, to train on where it stopped:
+    refused if it holds no optimizer or does not take ``n_inputs`` features (``data`` names
+    where they come from, in the message)."""
+    model = load_model(path, backend)
+    if model.optimizer is None:
+        raise ValueError(f"{path} holds no optimizer to resume; save it with model.save")
+    if model.n_inputs != n_inputs:
+        raise ValueError(f"{path} takes {model.n_inputs} features, but {data} has {n_inputs}")
+    return model
+
+
+def build_for_command(
+    name: str,
+    n_inputs: int,
+    saved: str | os.PathLike[str] | None = None,
+    *,
+    backend: str | None = None,
+    **network: Any,
+) -> Model:
+    """The model ``portnn train`` trains on the dataset ``name`` (``n_inputs`` features):
+    ``build(name, n_inputs, **network)``, the options given (not None) taking the recipe's
+    place; or, with ``saved`` (``--resume``), ``resume(saved, ...)``, whose saved network and
+    optimizer go on, so that none of ``network`` (the options ``--hidden``...) may be given."""
+    given = {option: value for option, value in network.items() if value is not None}
+    if saved is None:
+        return get(name).build(n_inputs, **given)
+    if given:
+        options = ", ".join(f"--{option.replace('_', '-')}" for option in given)
+        raise ValueError(f"--resume continues the saved network and optimizer; drop {options}")
+    return resume(saved, n_inputs, backend=backend, data=name)

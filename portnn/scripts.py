@@ -1,10 +1,13 @@
 """How portnn's command and its example scripts end: an error is one line on stderr,
-``PROG: error: ...``, with exit status 1 (``PORTNN_DEBUG=1`` shows the traceback); Ctrl-C
-prints ``PROG: interrupted`` and exits 130; output closed early (``| head``) ends quietly
-with 0. ``run_script(main)`` gives a script that behaviour."""
+``PROG: error: ...``, with exit status 1 (``PORTNN_DEBUG=1`` shows the traceback), or 2 for
+a bad command line (``ArgumentParser``); Ctrl-C prints ``PROG: interrupted`` and exits 130;
+output closed early (``| head``) ends quietly with 0. ``run_script(main)`` gives a script that
+behaviour; ``check_output`` refuses an output file that cannot be written before the work
+that makes it, not after."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -13,8 +16,30 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import distributed
+from ._npz import check_writable
 
-__all__ = ["message", "one_line", "report", "run_script"]
+__all__ = [
+    "ArgumentParser",
+    "UsageError",
+    "check_output",
+    "message",
+    "one_line",
+    "report",
+    "run_script",
+]
+
+
+class UsageError(Exception):
+    """A bad command line: ``report`` prints it in one line with exit status 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, its errors in one line: a bad command line raises ``UsageError``
+    (``MESSAGE (see 'PROG --help')``), which ``report`` prints as ``PROG: error: ...`` with
+    exit status 2, instead of the usage text. Its sub-commands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -36,12 +61,17 @@ def message(exc: BaseException) -> str:
 
 def report(run: Callable[[], int | None], prog: str) -> int:
     """``run()``'s exit status, its failures reported in one line on stderr: an error as
-    ``PROG: error: ...`` with 1 (``PORTNN_DEBUG=1``: the traceback), Ctrl-C as
-    ``PROG: interrupted`` with 130, and output closed early (``| head``) quietly with 0."""
+    ``PROG: error: ...`` with 1 (``PORTNN_DEBUG=1``: the traceback), a ``UsageError`` as
+    ``PROG: error: ...`` with 2, Ctrl-C as ``PROG: interrupted`` with 130, and output closed
+    early (``| head``) quietly with 0. ``sys.exit(n)`` (argparse's ``--help``) gives n."""
     try:
         code = run()
         sys.stdout.flush()  # a closed pipe shows here, not in Python's own flush at exit
         return code or 0
+    except SystemExit as exc:
+        if exc.code is not None and not isinstance(exc.code, int):
+            raise  # sys.exit("message"): Python prints it and exits with 1
+        return exc.code or 0
     except BrokenPipeError:
         # Whoever reads has seen enough. Python flushes stdout again at exit: point it at
         # os.devnull so that flush finds no closed pipe (the recipe of Python's signal docs).
@@ -51,6 +81,9 @@ def report(run: Callable[[], int | None], prog: str) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         if os.environ.get("PORTNN_DEBUG"):
             raise
@@ -66,3 +99,20 @@ def run_script(main: Callable[[], int | None], prog: str | None = None) -> NoRet
     prints ``PROG: interrupted`` and exits 130; a closed pipe (``| head``) exits 0 quietly.
     ``main`` returns None or an exit status; ``prog`` defaults to the script's file name."""
     raise SystemExit(report(main, prog or Path(sys.argv[0]).name))
+
+
+def check_output(path: str | os.PathLike[str] | None, option: str, *, figure: bool = False) -> None:
+    """Fail before a run, not after it, when the file ``option`` names (``--save PATH``)
+    cannot be written at ``path``: a folder, a missing folder or one without write
+    permission raise an OSError naming both; a ``figure`` needs matplotlib too (an
+    ImportError that says how to install it). None (the option not given) passes."""
+    if path is None:
+        return
+    try:
+        check_writable(Path(path).expanduser())
+    except OSError as exc:
+        raise type(exc)(f"{option}: {exc}") from exc
+    if figure:
+        from .plot import _matplotlib
+
+        _matplotlib()

@@ -10,20 +10,21 @@ changes the pools on import; ``set_num_threads`` and ``num_threads`` do it when 
 
 Only libraries already loaded are reached: torch is set when it has been imported (portnn
 never imports it for this), and a library loaded later starts with its own default. Choose
-the backend first (``pn.set_backend("torch")``), then the threads.
+the backend first (``pn.set_backend("torch")``), then the threads, or let ``limit`` load the
+backends' libraries before it sets them. ``describe`` puts the counts in a few words.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ._checks import integer
 
-__all__ = ["get_num_threads", "num_threads", "set_num_threads"]
+__all__ = ["describe", "get_num_threads", "limit", "num_threads", "set_num_threads"]
 
 
 def _count(n: Any) -> int:
@@ -99,3 +100,32 @@ def _limited(n: int) -> Iterator[None]:
         limits.restore_original_limits()
         if torch is not None:
             torch.set_num_threads(torch_before)
+
+
+def limit(
+    n: int | None, backends: Iterable[str | None] = (None,)
+) -> contextlib.AbstractContextManager[None]:
+    """``num_threads(n)`` once the libraries of ``backends`` are loaded (names; None: the
+    selected backend), so that their pools, torch's own among them, are among those set; a
+    backend that cannot load is passed over (whoever uses it says why). ``n`` None: the
+    libraries' own counts, nothing changed."""
+    if n is None:
+        return contextlib.nullcontext()
+    n = _count(n)  # a bad count raises here, before any library is loaded
+    from .backend import get_backend
+
+    for name in backends:
+        with contextlib.suppress(ImportError, RuntimeError, ValueError):
+            get_backend(name)
+    return _limited(n)
+
+
+def describe(counts: dict[str, int] | None = None) -> str:
+    """The counts (default ``get_num_threads()``) in a few words: ``1 CPU thread`` where every
+    pool has the same count, else each pool's (``CPU threads: openblas (numpy) 2, torch 1``);
+    empty where no pool is seen."""
+    counts = get_num_threads() if counts is None else counts
+    if len(set(counts.values())) == 1:
+        n = next(iter(counts.values()))
+        return f"{n} CPU thread{'s' if n > 1 else ''}"
+    return ("CPU threads: " + ", ".join(f"{k} {n}" for k, n in counts.items())) if counts else ""

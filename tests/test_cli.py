@@ -514,6 +514,12 @@ RUN_SCRIPT = {
         "demo.py: error: unexpected KeyError: 'k' (set PORTNN_DEBUG=1 for details)\n",
     ),
     "Ctrl-C": (_raise(KeyboardInterrupt()), 130, "demo.py: interrupted\n"),
+    "sys.exit": (lambda: sys.exit(4), 4, ""),
+    "bad command line": (
+        lambda: portnn.scripts.ArgumentParser(prog="demo.py").parse_args(["--nope"]),
+        2,
+        "demo.py: error: unrecognized arguments: --nope (see 'demo.py --help')\n",
+    ),
 }
 
 
@@ -531,6 +537,12 @@ def test_run_script_with_debug_shows_the_traceback(monkeypatch):
     monkeypatch.setenv("PORTNN_DEBUG", "1")
     with pytest.raises(ValueError, match="bad"):
         portnn.scripts.run_script(_raise(ValueError("bad")), prog="demo")
+
+
+def test_check_output_passes_an_option_not_given_and_leaves_nothing(tmp_path):
+    portnn.scripts.check_output(None, "--plot", figure=True)
+    portnn.scripts.check_output(tmp_path / "m.npz", "--save")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resume_continues_a_saved_run_as_if_never_stopped(tmp_path, capsys):

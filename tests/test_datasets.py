@@ -7,6 +7,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import re
 import struct
 import sys
 import threading
@@ -559,6 +560,72 @@ def test_load_fashion_mnist_reads_the_files(tmp_path, tiny):
 def test_load_fashion_mnist_missing_says_what_to_fetch(tmp_path):
     with pytest.raises(FileNotFoundError, match="Fashion-MNIST was not found"):
         datasets.load("fashion-mnist", path=tmp_path)
+
+
+def test_load_knows_the_datasets_the_recipes_are_for():
+    from portnn import recipes
+
+    assert datasets.NAMES == tuple(recipes.RECIPES)
+
+
+def test_load_for_command_loads_as_load_does(tmp_path, tiny):
+    folder = write_idx(tmp_path / "f", tiny)
+    check_loaded(datasets.load_for_command("fashion-mnist", str(folder)), tiny)
+    pn.seed(0)
+    by_command = datasets.load_for_command("vertical", seed=3)
+    pn.seed(0)
+    for got, expected in zip(by_command, datasets.load("vertical", seed=3), strict=True):
+        assert np.array_equal(got, expected)
+
+
+# (what --data points at, --download, what the error says, its type)
+COMMAND_DATA = {
+    "a file": (
+        lambda t: _a_file(t),
+        False,
+        "--data {}: it is a file, not a folder",
+        NotADirectoryError,
+    ),
+    "a missing folder": (
+        lambda t: t / "nope",
+        False,
+        "--data {}: the folder does not exist (--download creates it",
+        FileNotFoundError,
+    ),
+    "a folder without the files": (
+        lambda t: t,
+        False,
+        "Fashion-MNIST was not found in {}; pass --download to fetch it (about 30 MB), or "
+        "--data FOLDER",
+        FileNotFoundError,
+    ),
+}
+
+
+def _a_file(folder):
+    (folder / "notes.txt").write_text("a file")
+    return folder / "notes.txt"
+
+
+@pytest.mark.parametrize("case", list(COMMAND_DATA))
+def test_load_for_command_names_the_options_that_help(tmp_path, case):
+    where, download, message, kind = COMMAND_DATA[case]
+    data = str(where(tmp_path))
+    with pytest.raises(kind) as raised:
+        datasets.load_for_command("fashion-mnist", data, download=download)
+    assert str(raised.value).startswith(message.format(data))
+
+
+def test_load_for_command_without_data_names_the_data_folder():
+    where = re.escape(str(datasets.default_data_dir()))
+    with pytest.raises(FileNotFoundError, match=f"not found in {where}; pass --download"):
+        datasets.load_for_command("fashion-mnist")
+
+
+def test_load_for_command_leaves_other_datasets_folders_alone(tmp_path):
+    # --data names Fashion-MNIST's folder; the synthetic data never reads it.
+    X, y, _, _ = datasets.load_for_command("sine", str(tmp_path / "nope"))
+    assert X.shape == y.shape == (1000, 1)
 
 
 @pytest.mark.parametrize("name", ["mnist", "Spiral", "", None])

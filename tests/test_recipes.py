@@ -1,5 +1,7 @@
 """portnn.recipes: the book's network per dataset, built on the selected backend."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,116 @@ def test_vertical_recipe_learns(backend):
     model = recipe.build()
     model.train(X, y, epochs=200, print_every=0)
     assert model.evaluate(X_test, y_test)[1] > 0.9
+
+
+def test_the_small_networks_train_on_one_thread():
+    # portnn train's default without --threads (measured: README, "The portnn command").
+    ones = [name for name, recipe in recipes.RECIPES.items() if recipe.threads == 1]
+    assert ones == ["spiral", "vertical", "sine", "digits"]
+    assert recipes.get("fashion-mnist").threads is None
+
+
+def test_vertical_borrows_the_chapter_10_network():
+    spiral, vertical = recipes.get("spiral"), recipes.get("vertical")
+    assert vertical.epochs == 1001 and vertical.about.startswith("vertical(100, 3)")
+    assert vertical == dataclasses.replace(spiral, about=vertical.about, epochs=1001)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ((), (10001, None, 1000)),
+        ((50,), (50, None, 5)),
+        ((50, 16), (50, 16, 5)),
+        ((50, None, 0), (50, None, 0)),
+        ((None, 8, 3), (10001, 8, 3)),
+    ],
+)
+def test_training_settings_are_the_recipes_but_those_given(given, expected):
+    assert recipes.get("spiral").training(*given) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "match"), [((0,), "epochs"), ((5, 2.5), "batch_size"), ((5, 2, -1), "print_every")]
+)
+def test_training_settings_refuse_bad_values(given, match):
+    with pytest.raises(ValueError, match=match):
+        recipes.get("spiral").training(*given)
+
+
+def test_describe_names_sizes_layers_loss_and_optimizer(backend):
+    model = recipes.build("sine", layers=3, hidden=8)
+    assert recipes.describe(model) == "1-8-8-8-1 (ReLU, Linear)"
+    model = recipes.build("spiral", optimizer="sgd", learning_rate=0.5)
+    assert recipes.describe(model, training=True) == (
+        "2-64-3 (ReLU, Softmax), CategoricalCrossentropy, SGD(learning_rate=0.5, decay=5e-07)"
+    )
+
+
+def test_build_for_command_builds_with_the_options_given(backend):
+    model = recipes.build_for_command(
+        "spiral", 5, hidden=16, layers=2, optimizer=None, learning_rate=None
+    )
+    assert dense_sizes(model) == (5, 16, 16, 3)
+    assert isinstance(model.optimizer, pn.Adam) and model.optimizer.learning_rate == 0.05
+
+
+def _saved(tmp_path, model, name="m.npz"):
+    path = tmp_path / name
+    model.save(path)
+    return path
+
+
+def test_build_for_command_resumes_a_saved_run(backend, tmp_path):
+    X, y = datasets.spiral(20, 3)
+    trained = recipes.build("spiral", optimizer="rmsprop", hidden=8)
+    trained.train(X, y, epochs=3, print_every=0)
+    model = recipes.build_for_command("spiral", 2, _saved(tmp_path, trained), hidden=None)
+    assert isinstance(model.optimizer, pn.RMSprop) and model.optimizer.iterations == 3
+    assert dense_sizes(model) == (2, 8, 3)
+
+
+@pytest.mark.parametrize(
+    ("network", "match"),
+    [
+        ({"hidden": 8}, "continues the saved network and optimizer; drop --hidden$"),
+        (
+            {"hidden": None, "layers": 2, "learning_rate": 0.1},
+            "drop --layers, --learning-rate$",
+        ),
+    ],
+)
+def test_build_for_command_refuses_network_options_with_a_saved_run(
+    backend, tmp_path, network, match
+):
+    path = _saved(tmp_path, recipes.build("spiral"))
+    with pytest.raises(ValueError, match=match):
+        recipes.build_for_command("spiral", 2, path, **network)
+
+
+def test_resume_refuses_a_model_it_cannot_continue(backend, tmp_path):
+    no_optimizer = pn.Model([pn.Dense(2, 3), pn.Softmax()])
+    no_optimizer.set(loss=pn.CategoricalCrossentropy())
+    path = _saved(tmp_path, no_optimizer, "bare.npz")
+    with pytest.raises(ValueError, match="bare.npz holds no optimizer to resume"):
+        recipes.resume(path, 2)
+    path = _saved(tmp_path, recipes.build("spiral"))
+    with pytest.raises(ValueError, match="m.npz takes 2 features, but sine has 1$"):
+        recipes.build_for_command("sine", 1, path)
+    with pytest.raises(FileNotFoundError, match="nope.npz: no such model file"):
+        recipes.resume(tmp_path / "nope.npz", 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "drawn"),
+    [("sine", "the prediction against the target"), ("vertical", "the decision regions")],
+)
+def test_plot_fit_draws_the_figure_of_the_recipes_kind(backend, tmp_path, name, drawn):
+    pytest.importorskip("matplotlib")
+    recipe = recipes.get(name)
+    X, y, _, _ = datasets.load(name)
+    model = recipe.build(hidden=8)
+    model.train(X, y, epochs=2, print_every=0)
+    path = tmp_path / "fit.png"
+    assert recipe.plot_fit(model, X, y, path, title=name) == drawn
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

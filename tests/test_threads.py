@@ -10,6 +10,8 @@ import pytest
 import threadpoolctl
 
 import portnn as pn
+import portnn.backend
+from portnn import threads
 
 
 @pytest.fixture
@@ -120,6 +122,50 @@ def test_a_bad_count_is_refused_and_changes_nothing(before, call, n):
     with pytest.raises(ValueError, match=r"the number of threads must be a positive integer, got "):
         getattr(pn, call)(n)  # num_threads refuses at the call, before any with-block
     assert pn.get_num_threads() == before
+
+
+def test_limit_loads_the_backends_first_then_sets_and_gives_back(before, monkeypatch):
+    loaded, real = [], portnn.backend.get_backend
+    monkeypatch.setattr(
+        portnn.backend, "get_backend", lambda n=None: (loaded.append(n), real(n))[1]
+    )
+    n = other_count(before)
+    with threads.limit(n, [None, "cupy", "no such backend"]):  # unusable: passed over
+        assert loaded == [None, "cupy", "no such backend"]
+        assert set(pn.get_num_threads().values()) == {n}
+    assert pn.get_num_threads() == before
+
+
+def test_limit_none_changes_nothing_and_loads_nothing(before, monkeypatch):
+    monkeypatch.setattr(portnn.backend, "get_backend", lambda n=None: pytest.fail("loaded"))
+    with threads.limit(None, ["torch"]):
+        assert pn.get_num_threads() == before
+
+
+@pytest.mark.parametrize("n", [0, 2.5, True])
+def test_limit_refuses_a_bad_count_before_loading_anything(before, monkeypatch, n):
+    monkeypatch.setattr(portnn.backend, "get_backend", lambda n=None: pytest.fail("loaded"))
+    with pytest.raises(ValueError, match="the number of threads must be a positive integer"):
+        threads.limit(n)
+    assert pn.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ({"openblas (numpy)": 1}, "1 CPU thread"),
+        ({"openblas (numpy)": 4, "openmp (torch)": 4, "torch": 4}, "4 CPU threads"),
+        ({"openblas (numpy)": 2, "torch": 1}, "CPU threads: openblas (numpy) 2, torch 1"),
+        ({}, ""),
+    ],
+)
+def test_describe_puts_the_counts_in_a_few_words(counts, expected):
+    assert threads.describe(counts) == expected
+
+
+def test_describe_reads_the_counts_now(before):
+    with pn.num_threads(3):
+        assert threads.describe() == "3 CPU threads"
 
 
 def test_torch_is_not_imported_for_threads():

@@ -1,5 +1,6 @@
 """Datasets: the book's synthetic data (spiral, vertical, sine), Fashion-MNIST and
-scikit-learn's digits; ``load(name)`` gives any of them split for training and testing.
+scikit-learn's digits; ``load(name)`` gives any of them split for training and testing, and
+``load_for_command`` the same with its errors in a command line's words (``--data``).
 
 Each returns NumPy arrays, or the arrays of ``backend`` when given. Random data is drawn from
 ``seed`` when given, else from portnn's host generator (``portnn.seed`` makes it repeatable).
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,7 @@ import numpy as np
 from .. import random
 from .._checks import integer, real
 from ..backend import Backend, get_backend
+from ..recipes import RECIPES
 from .fashion import CLASS_NAMES as FASHION_MNIST_CLASSES
 from .fashion import default_data_dir, fashion_mnist
 from .fashion import download as download_fashion_mnist
@@ -30,14 +34,15 @@ __all__ = [
     "fashion_mnist",
     "fashion_mnist_image",
     "load",
+    "load_for_command",
     "sine",
     "spiral",
     "split",
     "vertical",
 ]
 
-# What load() knows, in the order the CLI lists them.
-NAMES = ("spiral", "vertical", "sine", "fashion-mnist", "digits")
+# What load() knows: the datasets the book's networks have a recipe for, in the CLI's order.
+NAMES = tuple(RECIPES)
 
 
 def _rng(seed: int | None) -> np.random.RandomState:
@@ -72,17 +77,13 @@ def spiral(
     ``X = [r sin(2.5 t), r cos(2.5 t)]``. Returns X ``(samples * classes, 2)`` float32 and
     labels ``(samples * classes,)`` uint8 (wider beyond 256 classes), in class order (not shuffled).
     """
-    label_dtype = _check_counts(samples, classes)
-    rng = _rng(seed)
-    X = np.zeros((samples * classes, 2), dtype=np.float32)
-    y = np.zeros(samples * classes, dtype=label_dtype)
-    for k in range(classes):
-        ix = slice(samples * k, samples * (k + 1))
+
+    def arm(rng: np.random.RandomState, k: int) -> tuple[np.ndarray, np.ndarray]:
         r = np.linspace(0.0, 1, samples)
         t = np.linspace(k * 4, (k + 1) * 4, samples) + rng.standard_normal(samples) * 0.2
-        X[ix] = np.c_[r * np.sin(t * 2.5), r * np.cos(t * 2.5)]
-        y[ix] = k
-    return _out(X, y, backend)
+        return r * np.sin(t * 2.5), r * np.cos(t * 2.5)
+
+    return _per_class(samples, classes, arm, seed, backend)
 
 
 def vertical(
@@ -93,15 +94,28 @@ def vertical(
     backend: str | Backend | None = None,
 ) -> tuple[Any, Any]:
     """The book's vertical data: class k around ``(k / 3, 0.5)`` with spread 0.1."""
+
+    def blob(rng: np.random.RandomState, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return rng.standard_normal(samples) * 0.1 + k / 3, rng.standard_normal(samples) * 0.1 + 0.5
+
+    return _per_class(samples, classes, blob, seed, backend)
+
+
+def _per_class(
+    samples: int,
+    classes: int,
+    points: Callable[[np.random.RandomState, int], tuple[np.ndarray, np.ndarray]],
+    seed: int | None,
+    backend: str | Backend | None,
+) -> tuple[Any, Any]:
+    """2-D data in class order: ``samples`` points of class k at ``points(rng, k)`` (x, y)."""
     label_dtype = _check_counts(samples, classes)
     rng = _rng(seed)
     X = np.zeros((samples * classes, 2), dtype=np.float32)
     y = np.zeros(samples * classes, dtype=label_dtype)
     for k in range(classes):
         ix = slice(samples * k, samples * (k + 1))
-        X[ix] = np.c_[
-            rng.standard_normal(samples) * 0.1 + k / 3, rng.standard_normal(samples) * 0.1 + 0.5
-        ]
+        X[ix] = np.c_[points(rng, k)]
         y[ix] = k
     return _out(X, y, backend)
 
@@ -191,3 +205,32 @@ def load(
     if name == "digits":
         return split(*digits(), 0.2, seed=seed)
     raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(NAMES)}")
+
+
+def load_for_command(
+    name: str, data: str | None = None, *, download: bool = False, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``load(name, path=data, download=download, seed=seed)`` for a command line with the
+    options ``--data FOLDER`` and ``--download``, as ``portnn train`` and ``portnn evaluate``
+    have: a ``--data`` that is a file, or a missing folder without ``--download`` (which
+    creates it), is refused before anything is read, and a Fashion-MNIST that is not found
+    names the options that find or fetch it."""
+    folder = Path(data).expanduser() if data else None
+    if folder is not None and name == "fashion-mnist":
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"--data {data}: it is a file, not a folder")
+        if not folder.exists() and not download:  # --download creates it
+            raise FileNotFoundError(
+                f"--data {data}: the folder does not exist (--download creates it and "
+                "fetches Fashion-MNIST into it)"
+            )
+    try:
+        return load(name, path=data, download=download, seed=seed)
+    except FileNotFoundError as exc:
+        if name != "fashion-mnist":
+            raise
+        raise FileNotFoundError(
+            f"Fashion-MNIST was not found in {data or default_data_dir()}; pass --download to "
+            "fetch it (about 30 MB), or --data FOLDER to read the four IDX files (or the "
+            "book's PNG folders) from FOLDER"
+        ) from exc
