@@ -51,7 +51,8 @@ for stage in "${@:-all}"; do
     suite cupy PORTNN_BACKEND=cupy
   fi
   if [ "$stage" = kernels ] || [ "$stage" = all ]; then
-    PYTEST_ARGS="tests/test_xp.py tests/test_optimizers.py tests/test_model.py" \
+    PYTEST_ARGS="tests/test_xp.py tests/test_activations.py tests/test_losses.py
+      tests/test_optimizers.py tests/test_model.py tests/test_train_loop.py" \
       suite cupy-fused PORTNN_BACKEND=cupy PORTNN_CUPY_FUSED=1
   fi
   if [ "$stage" = torch ] || [ "$stage" = all ]; then

@@ -16,6 +16,7 @@ __all__ = [
     "all_finite",
     "array_namespace",
     "is_kind",
+    "kernel",
     "one_hot",
     "pick",
     "quiet_float_errors",
@@ -79,6 +80,12 @@ def quiet_float_errors(x: Any) -> contextlib.AbstractContextManager:
     """Silence the float warnings of ``x``'s library while training: divergence is detected
     from the loss and reported as one clear error instead."""
     return backend_class(x).quiet_float_errors()
+
+
+def kernel(x: Any, name: str) -> Any:
+    """The fused kernel ``name`` of ``x``'s library (``Backend.kernel``), or None: then the
+    caller's portable code, which the kernel is tested against, runs."""
+    return backend_class(x).kernel(name)
 
 
 def adam_update(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._checks import real
-from ._xp import array_namespace
+from ._xp import array_namespace, kernel
 from .layers import Layer
 
 
@@ -19,6 +19,10 @@ class ReLU(Layer):
         return self.output
 
     def backward(self, dvalues: Any) -> Any:
+        fused = kernel(dvalues, "relu_backward")
+        if fused is not None:
+            self.dinputs = fused(dvalues, self.inputs)
+            return self.dinputs
         xp = array_namespace(dvalues)
         # A product with the 0/1 mask, not ``where(x > 0, d, 0.0)``: NumPy's ``where`` with a
         # scalar branch takes a slow generic path, and this runs every batch.

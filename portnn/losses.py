@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ._xp import all_finite, array_namespace, is_kind, one_hot, pick
+from ._xp import all_finite, array_namespace, is_kind, kernel, one_hot, pick
 from .activations import Softmax
 from .backend import to_numpy
 from .layers import Layer
@@ -215,6 +215,9 @@ class CategoricalCrossentropy(Loss):
     def _forward(self, y_pred: Any, y_true: Any) -> Any:
         xp = array_namespace(y_pred)
         if y_true.ndim == 1:  # clipping the picked column equals picking from the clipped
+            fused = kernel(y_pred, "cce_per_sample")
+            if fused is not None:
+                return fused(y_pred, y_true, EPS, 1 - EPS)
             return -xp.log(_clipped(pick(y_pred, y_true)))
         y = xp.astype(y_true, y_pred.dtype, copy=False)
         return -xp.sum(y * xp.log(_clipped(y_pred)), axis=1)
@@ -227,6 +230,9 @@ class CategoricalCrossentropy(Loss):
     def fused_backward(self, output: Any, y_true: Any) -> Any:
         """``(softmax_output - y) / N``: exact for targets whose rows sum to 1, which
         ``check_targets`` demands."""
+        fused = kernel(output, "softmax_cce_backward") if y_true.ndim == 1 else None
+        if fused is not None:
+            return fused(output, y_true)
         return (output - _one_hot_rows(y_true, output)) / output.shape[0]
 
 

@@ -118,3 +118,83 @@ def test_adam_update_divides_by_zero_as_the_reference_does(backend_name, dtype):
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         np.testing.assert_allclose(got, want, rtol=1e-6)
     assert np.isnan(pn.to_numpy(fast[0])[0, :10]).all()
+
+
+def _kernel_cases(b):
+    """Each fused kernel's arguments, and the portable code it replaces."""
+    from portnn import activations, losses
+
+    rng = np.random.default_rng(3)
+    d, x = rng.standard_normal((64, 33)), rng.standard_normal((64, 33))
+    x[0, :3] = 0.0  # the mask at exactly zero
+    d[1, 0] = np.nan  # NaN passes where the mask keeps it, as in the product
+    logits = rng.standard_normal((64, 10))
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    p[2, :] = 0.0  # clipped below
+    p[3, :] = np.nan  # NaN must reach the loss
+    y = rng.integers(0, 10, 64).astype(np.uint8)
+    y[2] = 4
+
+    def relu(dv, inputs):
+        layer = activations.ReLU()
+        layer.forward(inputs)
+        return layer.backward(dv)
+
+    cce = losses.CategoricalCrossentropy()
+    return {
+        "relu_backward": ((b.asarray(d), b.asarray(x)), relu),
+        "softmax_cce_backward": ((b.asarray(p), b.asarray(y)), cce.fused_backward),
+        "cce_per_sample": ((b.asarray(p), b.asarray(y)), cce._forward),
+    }
+
+
+@pytest.mark.parametrize("name", ["relu_backward", "softmax_cce_backward", "cce_per_sample"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_kernels_equal_the_portable_code(backend_name, dtype, name, monkeypatch):
+    # Every fused kernel a library has (CuPy's behind PORTNN_CUPY_FUSED=1 until a GPU run
+    # proves them) against the math modules' portable code it stands in for.
+    b = pn.get_backend(backend_name, dtype)
+    args, portable = _kernel_cases(b)[name]
+    monkeypatch.setenv("PORTNN_CUPY_FUSED", "1")
+    if _xp.kernel(args[0], name) is None:
+        pytest.skip(f"{backend_name} has no fused {name}: its portable code is the only path")
+    with b.quiet_float_errors():
+        fused = pn.to_numpy(portable(*args))
+        monkeypatch.setenv("PORTNN_CUPY_FUSED", "0")
+        assert _xp.kernel(args[0], name) is None
+        want = pn.to_numpy(portable(*args))
+    assert fused.dtype == want.dtype and fused.shape == want.shape
+    np.testing.assert_array_equal(np.isnan(fused), np.isnan(want))
+    np.testing.assert_allclose(fused, want, rtol=1e-6, atol=0)
+
+
+def test_the_math_modules_call_a_librarys_fused_kernels(monkeypatch):
+    # The doors on the CPU, where no library has these kernels: stand-ins written in NumPy
+    # from each kernel's contract must be called, with arguments in the contract's order,
+    # and give what the portable code gives.
+    from portnn.backend import _numpy
+
+    def cce_per_sample(p, y, lo, hi):
+        return -np.log(np.clip(p[np.arange(len(y)), y], lo, hi))
+
+    stand_ins = {
+        "relu_backward": lambda d, x: d * (x > 0),
+        "softmax_cce_backward": lambda p, y: (p - np.eye(p.shape[1], dtype=p.dtype)[y]) / len(p),
+        "cce_per_sample": lambda p, y, lo, hi: cce_per_sample(p, y, lo, hi).astype(p.dtype),
+    }
+    called = []
+
+    def kernel(cls, name):
+        called.append(name)
+        return stand_ins[name]
+
+    b = pn.get_backend("numpy", "float64")
+    cases = _kernel_cases(b)
+    with b.quiet_float_errors():
+        want = {name: portable(*args) for name, (args, portable) in cases.items()}
+        assert called == []
+        monkeypatch.setattr(_numpy.NumpyBackend, "kernel", classmethod(kernel))
+        got = {name: portable(*args) for name, (args, portable) in cases.items()}
+    assert called == list(cases)
+    for name in cases:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12, err_msg=name)

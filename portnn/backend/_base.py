@@ -179,6 +179,15 @@ class Backend:
         makes the unique id, and ``share`` (an MPI broadcast from rank 0) gives it to all."""
         raise RuntimeError(f"the {self.name!r} backend cannot sum its arrays with NCCL")
 
+    # --- fused kernels: the math modules' portable code is the reference ------------------
+    @classmethod
+    def kernel(cls, name: str) -> Callable[..., Any] | None:
+        """This library's fused kernel for one of the math modules' element-wise chains, or
+        None (the portable code runs). Names and what each computes, as its portable code does:
+        ``relu_backward(dvalues, inputs)``, ``softmax_cce_backward(output, y)`` (class indices)
+        and ``cce_per_sample(y_pred, y, lo, hi)`` (class indices, clipped to ``[lo, hi]``)."""
+        return None
+
     # --- update rules: the portable references; a library may fuse them -------------------
     @staticmethod
     def adam_update(

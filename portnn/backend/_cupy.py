@@ -110,6 +110,14 @@ class CupyBackend(Backend):
 
         return allreduce
 
+    @classmethod
+    def kernel(cls, name: str) -> Callable[..., Any] | None:
+        # Written and tested against the portable code, but never yet run on a GPU: on only
+        # with PORTNN_CUPY_FUSED=1 (.ci/gpu_check.sh kernels) until a GPU run proves them.
+        if os.environ.get("PORTNN_CUPY_FUSED") != "1":
+            return None
+        return _KERNELS[name]
+
     @staticmethod
     def adam_update(param, grad, m, v, beta_1, beta_2, scale, eps):
         # One kernel launch instead of about eight. It matched the portable reference to
@@ -139,3 +147,55 @@ def _adam_kernel() -> Any:
         """,
         "portnn_adam",
     )
+
+
+def _relu_backward(dvalues: Any, inputs: Any) -> Any:
+    """``dvalues * (inputs > 0)``, the mask's product as the portable code takes it: one
+    kernel instead of a comparison, a cast and a product."""
+    return _elementwise("relu_backward", "T d, T x", "T out", "out = d * (T)(x > (T)0);")(
+        dvalues, inputs
+    )
+
+
+def _softmax_cce_backward(output: Any, y: Any) -> Any:
+    """``(output - one_hot(y)) / N`` for class indices ``y``: one kernel instead of about six
+    (the one-hot rows are never made)."""
+    n, classes = output.shape
+    dt = output.dtype.type
+    return _elementwise(
+        "softmax_cce_backward",
+        "T p, raw I y, int64 classes, T n",
+        "T out",
+        "out = (p - (T)((long long)y[i / classes] == i % classes)) / n;",
+    )(output, y, classes, dt(n))
+
+
+def _cce_per_sample(y_pred: Any, y: Any, lo: float, hi: float) -> Any:
+    """``-log(clip(y_pred[i, y[i]], lo, hi))`` per sample, NaN kept as NaN: one kernel
+    instead of five."""
+    import cupy
+
+    dt = y_pred.dtype.type
+    rows = cupy.ascontiguousarray(y_pred)
+    return _elementwise(
+        "cce_per_sample",
+        "raw T p, I y, int64 classes, T lo, T hi",
+        "T out",
+        # Comparisons, not CUDA's min/max: those drop a NaN, which must reach the loss.
+        "T q = p[i * classes + y]; q = q < lo ? lo : q; out = -log(q > hi ? hi : q);",
+    )(rows, y, rows.shape[1], dt(lo), dt(hi), cupy.empty(y.shape, dtype=y_pred.dtype))
+
+
+_KERNELS: dict[str, Callable[..., Any]] = {
+    "relu_backward": _relu_backward,
+    "softmax_cce_backward": _softmax_cce_backward,
+    "cce_per_sample": _cce_per_sample,
+}
+
+
+@functools.cache
+def _elementwise(name: str, params: str, outputs: str, body: str) -> Any:
+    """One CuPy element-wise kernel, compiled on first use and kept."""
+    import cupy
+
+    return cupy.ElementwiseKernel(params, outputs, body, f"portnn_{name}")
