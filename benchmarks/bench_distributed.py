@@ -19,10 +19,17 @@ rank per step. Three measurements:
    (bytes / time) and bus bandwidth (x 2(N-1)/N, NCCL's convention: what each link carried).
 3. ``--project``: the paper projection for GPUs in benchmarks/README.md, from the formula
    and the assumptions printed with it.
+4. ``--wrapper``: the wrapper's own work per step, in one process (a communicator of one
+   rank, so no transfer), for this network and for the book's small chapter 10 one (2-64-3,
+   where per-step Python work shows most): ``DistributedOptimizer.allreduce_gradients`` on
+   the network's gradients (packing, the two extra slots, unpacking, the bookkeeping), and
+   its ``step`` against the wrapped optimizer's ``step`` alone. Medians over ``--rounds``
+   rounds of ``--steps`` calls: microseconds that the noise of (1) hides.
 
     python benchmarks/bench_distributed.py                    # 1 and 2 ranks, markdown tables
     python benchmarks/bench_distributed.py --ranks 1,2,4 --rounds 7 --steps 100
     python benchmarks/bench_distributed.py --project          # the projection only (no MPI)
+    python benchmarks/bench_distributed.py --wrapper          # the wrapper's own work (one rank)
     mpiexec -n 2 python benchmarks/bench_distributed.py --worker    # one job; JSON on stdout
 
 Each rank runs with one BLAS/OpenMP thread (``--threads``), so N ranks use N cores: on a
@@ -166,6 +173,84 @@ def bandwidth(comm: Any, min_seconds: float) -> list[dict]:
             }
         )
     return results
+
+
+# --- the wrapper alone, in one process ------------------------------------------------------
+WRAPPED = ("spiral", "fashion-mnist")  # the book's chapter 10 and 19 networks, batches of 128
+
+
+def wrapper(args: argparse.Namespace) -> None:
+    import portnn as pn
+    from portnn import distributed as dist
+
+    pn.set_backend(args.backend)
+    comm = dist.Communicator()
+    if comm.size != 1:
+        sys.exit("bench_distributed --wrapper runs in one process, without mpiexec")
+    print(header(args, comm.library) + "\n")
+    rows = [wrapper_costs(name, comm, args) for name in WRAPPED]
+    print("| per step, one rank, us | " + " | ".join(r[0] for r in rows) + " |")
+    print("|---|" + "--:|" * len(rows))
+    for i, what in enumerate(
+        (
+            "gradients (parameters)",
+            "allreduce_gradients: pack, extra slots, unpack, bookkeeping",
+            "DistributedOptimizer.step",
+            "the wrapped optimizer's step alone",
+            "step beyond the wrapped optimizer's (median per round)",
+        ),
+        1,
+    ):
+        print(f"| {what} | " + " | ".join(r[i] for r in rows) + " |")
+
+
+def wrapper_costs(name: str, comm: Any, args: argparse.Namespace) -> tuple[str, ...]:
+    """``name``'s network: its parameter count, then the medians in microseconds."""
+    import portnn as pn
+    from portnn import distributed as dist
+    from portnn import recipes
+
+    rng = np.random.default_rng(0)
+    pn.seed(0)
+    model = recipes.build(name)
+    model.finalize()
+    b = model.backend
+    X = b.asarray(rng.uniform(-1, 1, (BATCH, recipes.get(name).n_inputs)).astype(np.float32))
+    y = b.asarray(rng.integers(0, recipes.get(name).n_outputs, BATCH))
+    model.backward(model.forward(X, training=True), y)
+    layers = model.trainable_layers
+    grads = [(la, "d" + n, getattr(la, "d" + n)) for la in layers for n in la.param_names]
+    opt = dist.DistributedOptimizer(model.optimizer, comm, layers=layers)
+
+    def restore() -> None:  # the same gradients every call (both sides pay for this)
+        for layer, grad_name, grad in grads:
+            setattr(layer, grad_name, grad)
+
+    def reduce() -> None:
+        restore()
+        opt.allreduce_gradients(samples=BATCH, total=BATCH)
+
+    def step() -> None:
+        restore()
+        opt.step(layers, samples=BATCH, total=BATCH)
+
+    def alone() -> None:
+        restore()
+        model.optimizer.step(layers)
+
+    def per_call(fn: Any) -> float:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        return (time.perf_counter() - start) / args.steps
+
+    for fn in (reduce, step, alone):  # warm-up
+        per_call(fn)
+    rounds = [[per_call(fn) for fn in (reduce, step, alone)] for _ in range(args.rounds)]
+    medians = [statistics.median(col) * 1e6 for col in zip(*rounds, strict=True)]
+    beyond = statistics.median((row[1] - row[2]) * 1e6 for row in rounds)
+    size = sum(g.size for _, _, g in grads)
+    return (name, f"{size:,}", *(f"{v:.1f}" for v in (*medians, beyond)))
 
 
 # --- the launcher: one job per rank count, then the tables ----------------------------------
@@ -323,10 +408,15 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=0.3, help="per message size")
     parser.add_argument("--no-sweep", action="store_true", help="skip the bandwidth sweep")
     parser.add_argument("--project", action="store_true", help="print the projection only")
+    parser.add_argument(
+        "--wrapper", action="store_true", help="time the wrapper's own work, in one process"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
+    elif args.wrapper:
+        wrapper(args)
     elif args.project:
         projection()
     else:

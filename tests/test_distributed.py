@@ -116,6 +116,7 @@ UNEVEN = [  # 3 ranks: batches of 25 of 120 (8/8/9, then 6/7/7), and of 61 of 12
 def _label(c: dict) -> str:
     parts = [c["backend"], c["dtype"], c["optimizer"], f"batch{c['batch_size']}"]
     parts += ["l2"] * bool(c["l2"]) + ["val"] * c["validation"] + [c["loss"]] * (c["loss"] == "mse")
+    parts += [c["path"]] * (c["path"] != "host")
     return "-".join(parts)
 
 
@@ -151,17 +152,50 @@ def test_three_ranks_with_uneven_parts_train_as_one_process(uneven_runs, i):
 BOOK = [case(backend=b, batch_size=25, optimizer="adam", l2=5e-4) for b in BACKENDS]
 
 
-@needs_mpi
-def test_three_call_loop_with_distributed_optimizer(tmp_path):
-    done = mpirun(3, "book", tmp_path, BOOK)
+@pytest.fixture(scope="module")
+def book_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("book")
+    done = mpirun(3, "book", out, BOOK)
     ok(done)
+    return out, done
+
+
+@needs_mpi
+def test_three_call_loop_with_distributed_optimizer(book_runs):
+    out, done = book_runs
     for i, c in enumerate(BOOK):
         model, _ = train({**c, "shuffle": False})
-        with np.load(tmp_path / f"case{i}.npz") as got:
+        with np.load(out / f"case{i}.npz") as got:
             for j, expected in enumerate(parameters(model)):
                 np.testing.assert_allclose(got[f"p{j}"], expected, **tolerance(c))
     # a layer left out of the registration is refused on every rank, not updated alone
     assert done.stdout.count("were not summed across ranks") == 3, done.output
+
+
+# --- the GPU paths' staging, run on CPU arrays: the host path's results, bit for bit -------
+STAGED = [i for i, c in enumerate(EVEN) if c["dtype"] == "float32" or c["loss"] == "mse"]
+
+
+def assert_same_bits(a: Path, b: Path) -> None:
+    with np.load(a) as x, np.load(b) as y:
+        assert sorted(x.files) == sorted(y.files)
+        for key in x.files:
+            assert x[key].dtype == y[key].dtype and x[key].tobytes() == y[key].tobytes(), key
+
+
+@needs_mpi
+def test_staged_path_trains_as_the_host_path(tmp_path, even_runs):
+    ok(mpirun(2, "train", tmp_path, [{**EVEN[i], "path": "staged"} for i in STAGED]))
+    for k, i in enumerate(STAGED):
+        assert_same_bits(tmp_path / f"case{k}.npz", even_runs / f"case{i}.npz")
+
+
+@needs_mpi
+def test_staged_path_in_the_three_call_loop(tmp_path, book_runs):
+    # samples without a total: every rank packs n_r * g_r, and the sum is divided after
+    ok(mpirun(3, "book", tmp_path, [{**c, "path": "staged"} for c in BOOK]))
+    for i in range(len(BOOK)):
+        assert_same_bits(tmp_path / f"case{i}.npz", book_runs[0] / f"case{i}.npz")
 
 
 # --- each rank holds only its shard ---------------------------------------------------------

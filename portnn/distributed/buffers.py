@@ -5,7 +5,12 @@ Paths (``describe`` names the one taken): ``host`` for arrays in CPU memory, thr
 views over DLPack; ``staged`` (a host copy, over MPI) and ``nccl`` (on the device) for GPU
 arrays. Those two have never run on a GPU and stay off unless ``PORTNN_DISTRIBUTED_GPU``
 asks for them. What differs per library (the host copy, the NCCL communicator) is asked of
-the arrays' Backend class."""
+the arrays' Backend class.
+
+A buffer is laid out once for its parameters (their library, device, dtype and shapes: its
+``layout``) and reused every step: packing, summing and unpacking allocate nothing, and the
+layers get views of it back, valid until the next all-reduce. A new layout takes a new
+buffer (``DistributedOptimizer`` checks)."""
 
 from __future__ import annotations
 
@@ -37,6 +42,23 @@ def info() -> str:
     return f"distributed: mpi4py {mpi4py.__version__}, {launch}; paths: host, GPU {gpu}"
 
 
+def _layout(params: list) -> list[tuple[Backend, tuple[int, ...]]]:
+    """What a buffer is laid out for: each parameter's backend (library, device, dtype) and
+    shape."""
+    return [(backend_of(p), tuple(p.shape)) for p in params]
+
+
+def _checked_layout(params: list) -> list[tuple[Backend, tuple[int, ...]]]:
+    layout = _layout(params)
+    backends = {b for b, _ in layout}
+    if len(backends) > 1:
+        raise ValueError(
+            "the layers' parameters live on different backends or dtypes "
+            f"({'; '.join(sorted(map(repr, backends)))}); one gradient buffer holds one"
+        )
+    return layout
+
+
 class _HostBuffer:
     """Every gradient of ``slots`` in one NumPy buffer, plus two slots: this rank's sample
     count and its failure flag. The layers get views of the buffer back (no copy out)."""
@@ -44,11 +66,11 @@ class _HostBuffer:
     path = "host"
 
     def __init__(self, comm: Communicator, params: list, dtype: np.dtype) -> None:
-        self.comm = comm
+        self.comm, self.layout = comm, _checked_layout(params)
         sizes = [math.prod(p.shape) for p in params]
         self.n = sum(sizes)
         self.buffer = np.zeros(self.n + 2, dtype)
-        self.flat = self.buffer[: self.n]
+        self.flat, self.tail = self.buffer[: self.n], self.buffer[self.n :]
         xp, bounds = array_namespace(params[0]), np.cumsum([0, *sizes])
         self.views = [
             self.buffer[a:b].reshape(tuple(p.shape))
@@ -58,12 +80,17 @@ class _HostBuffer:
 
     def pack(self, grads: list, scale: float) -> None:
         for view, grad in zip(self.views, grads, strict=True):
-            np.multiply(np.from_dlpack(grad), scale, out=view)
+            # NumPy's own arrays need no DLPack view (a microsecond each, every step).
+            g = grad if type(grad) is np.ndarray else np.from_dlpack(grad)
+            if g.shape != view.shape:  # np.multiply would broadcast it
+                raise _misfit(g.shape, view.shape)
+            np.multiply(g, scale, out=view)
 
     def reduce(self, samples: float, failed: bool) -> tuple[float, float]:
-        self.buffer[self.n :] = (samples, failed)
+        tail = self.tail
+        tail[0], tail[1] = samples, failed
         self.comm.allreduce(self.buffer)
-        return float(self.buffer[self.n]), float(self.buffer[self.n + 1])
+        return tuple(tail.tolist())
 
     def unpack(self, divisor: float) -> list:
         if divisor != 1:
@@ -74,46 +101,77 @@ class _HostBuffer:
 class _DeviceBuffer:
     """The GPU paths (never run on a GPU yet; off unless PORTNN_DISTRIBUTED_GPU says). The
     buffer is packed on the device with Array API calls, then summed there with NCCL
-    (``nccl``, CuPy) or through one host copy over MPI (``staged``, CuPy or torch on CUDA)."""
+    (``nccl``, CuPy) or through a host buffer over MPI (``staged``, CuPy or torch on CUDA).
+
+    ``staged`` copies into one host buffer made with the device buffer, through the library's
+    own array over that host memory (DLPack) where the library has one (torch); where it has
+    none (CuPy), through the Backend's ``to_host`` and ``from_host`` copies."""
 
     def __init__(self, comm: Communicator, params: list, path: str) -> None:
-        self.comm, self.path = comm, path
-        self.backend = backend_of(params[0])
-        xp = self.backend.xp
-        self.shapes = [tuple(p.shape) for p in params]
-        sizes = [math.prod(s) for s in self.shapes]
-        ends = [int(e) for e in np.cumsum(sizes)]
-        self.bounds = list(zip([0, *ends[:-1]], ends, strict=True))
-        self.n = sum(sizes)
-        self.buffer = xp.zeros((self.n + 2,), dtype=params[0].dtype, device=self.backend.device)
+        self.comm, self.path, self.layout = comm, path, _checked_layout(params)
+        self.backend = b = backend_of(params[0])
+        xp = b.xp
+        shapes = [tuple(p.shape) for p in params]
+        ends = np.cumsum([0, *(math.prod(s) for s in shapes)]).tolist()
+        self.bounds = list(zip(ends[:-1], ends[1:], strict=True))
+        self.n = ends[-1]
+        self.buffer = xp.zeros((self.n + 2,), dtype=params[0].dtype, device=b.device)
+        self.flat = self.buffer[: self.n]
+        self.shapes = shapes
+        self.outs = [
+            xp.reshape(self.flat[a:c], s) for (a, c), s in zip(self.bounds, shapes, strict=True)
+        ]
         if path == "nccl":  # ChainerMN's bootstrap: rank 0's NCCL id, broadcast over MPI
-            self.nccl = self.backend.nccl_allreduce(comm.rank, comm.size, comm.bcast)
+            self.nccl = b.nccl_allreduce(comm.rank, comm.size, comm.bcast)
+        else:  # the host buffer, and the library's array over it (None: it has none)
+            self.host, self.staging = _staging(xp, np.empty(self.n + 2, np.dtype(b.dtype_name)))
 
     def pack(self, grads: list, scale: float) -> None:
-        xp = self.backend.xp
-        for (a, b), grad in zip(self.bounds, grads, strict=True):
-            flat = xp.reshape(grad, (-1,))
-            self.buffer[a:b] = flat if scale == 1 else flat * scale
+        buffer, reshape = self.buffer, self.backend.xp.reshape
+        for (a, c), shape, grad in zip(self.bounds, self.shapes, grads, strict=True):
+            if grad.shape != shape:  # one of the same size would pass unnoticed
+                raise _misfit(tuple(grad.shape), shape)
+            buffer[a:c] = reshape(grad, (-1,))
+        if scale != 1:  # one pass in place: the same products as ``grad * scale``
+            self.flat *= scale
 
     def reduce(self, samples: float, failed: bool) -> tuple[float, float]:
-        self.buffer[self.n] = samples
-        self.buffer[self.n + 1] = float(failed)
+        n = self.n
         if self.path == "nccl":
+            self.buffer[n] = samples
+            self.buffer[n + 1] = float(failed)
             self.nccl(self.buffer)
-            tail = to_numpy(self.buffer[self.n :])  # waits for the all-reduce
-        else:
+            return tuple(to_numpy(self.buffer[n:]).tolist())  # waits for the all-reduce
+        if self.staging is None:
             host = self.backend.to_host(self.buffer)
-            self.comm.allreduce(host)
-            self.buffer = self.backend.from_host(host)
-            tail = host[self.n :]
-        return float(tail[0]), float(tail[1])
+        else:
+            self.staging[...] = self.buffer
+            host = self.host
+        host[n], host[n + 1] = samples, failed
+        self.comm.allreduce(host)
+        self.buffer[...] = self.backend.from_host(host) if self.staging is None else self.staging
+        return tuple(host[n:].tolist())
 
     def unpack(self, divisor: float) -> list:
-        xp = self.backend.xp
-        flat = self.buffer[: self.n] if divisor == 1 else self.buffer[: self.n] / divisor
-        return [
-            xp.reshape(flat[a:b], s) for (a, b), s in zip(self.bounds, self.shapes, strict=True)
-        ]
+        if divisor != 1:
+            self.flat /= divisor
+        return self.outs
+
+
+def _misfit(got: tuple[int, ...], shape: tuple[int, ...]) -> ValueError:
+    return ValueError(f"a gradient of shape {got} for a parameter of shape {shape}")
+
+
+def _staging(xp: Any, host: np.ndarray) -> tuple[np.ndarray | None, Any]:
+    """``host`` and an array of namespace ``xp`` over its memory (through DLPack), to copy
+    to and from in place; (None, None) where the library cannot hold host memory (its import
+    fails, or copies to the device)."""
+    try:
+        view = xp.from_dlpack(host)
+        same = np.from_dlpack(view).ctypes.data == host.ctypes.data
+    except Exception:  # each library raises its own types here
+        return None, None
+    return (host, view) if same else (None, None)
 
 
 def _gradient_buffer(comm: Communicator, params: list) -> _HostBuffer | _DeviceBuffer:

@@ -4,14 +4,17 @@ rank, weighted by each rank's samples, in one all-reduce of one flat buffer per 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import Any
 
 from .._checks import real
 from ..layers import Layer
 from ..optimizers import Optimizer
-from .buffers import _describe_path, _DeviceBuffer, _gradient_buffer, _HostBuffer
+from .buffers import _describe_path, _DeviceBuffer, _gradient_buffer, _HostBuffer, _layout
 from .comm import Communicator, _mark
+
+_PLANS = 8  # sequences of layers whose plans are kept (a step(layers) loop needs one)
 
 
 class DistributedOptimizer:
@@ -33,6 +36,11 @@ class DistributedOptimizer:
     ``update_params`` refuses a layer that was not reduced, rather than let the ranks drift
     apart. Everything else (``current_learning_rate``, ``iterations``, ``state_dict``...) is
     the wrapped optimizer's.
+
+    The registered layers are those given here, as they are now. Each sequence of layers
+    (the registered, or one given to ``step``) is sorted out once: which have parameters, and
+    the buffer laid out for those. A buffer is laid out anew when the parameters' library,
+    device, dtype or shapes change (``model.to(...)``); that must happen on every rank alike.
     """
 
     def __init__(
@@ -43,9 +51,11 @@ class DistributedOptimizer:
         if not isinstance(comm, Communicator):
             raise TypeError(f"comm must be a portnn.distributed.Communicator, got {comm!r}")
         self.optimizer, self.comm = optimizer, comm
-        self.layers = None if layers is None else _trainable(layers)
-        self._buffers: dict[tuple[int, ...], _HostBuffer | _DeviceBuffer] = {}
+        self._plans: dict[tuple[int, ...], _Plan] = {}
+        self._registered: _Plan | None = None
+        self.layers = layers
         self._reduced: frozenset[int] = frozenset()
+        self._last: _Plan | None = None  # the plan of the step under way
 
     def __getattr__(self, name: str) -> Any:  # the wrapped optimizer's state and settings
         if name == "optimizer":
@@ -55,29 +65,48 @@ class DistributedOptimizer:
     def __repr__(self) -> str:
         return f"DistributedOptimizer({self.optimizer!r}, {self.comm!r})"
 
-    def buffer(self, layers: list[Layer]) -> _HostBuffer | _DeviceBuffer:
-        """The flat buffer of these layers' gradients, laid out on first use."""
-        key = tuple(id(la) for la in layers)
-        found = self._buffers.get(key)
-        if found is None:
-            params = [getattr(la, name) for la in layers for name in la.param_names]
-            found = self._buffers[key] = _gradient_buffer(self.comm, params)
-        return found
+    @property
+    def layers(self) -> list[Layer] | None:
+        """The registered layers that have parameters (a copy: assign to register others)."""
+        return None if self._registered is None else list(self._registered.layers)
+
+    @layers.setter
+    def layers(self, layers: Iterable[Layer] | None) -> None:
+        # step(the same layers) then shares the plan and its buffer
+        self._registered = None if layers is None else self._plan(layers)
+
+    def buffer(self, layers: Iterable[Layer] | None = None) -> _HostBuffer | _DeviceBuffer:
+        """The flat buffer of these layers' gradients (the registered layers' when None), laid
+        out on first use."""
+        return self._layers(layers).laid_out(self.comm)
 
     def describe(self, layers: Iterable[Layer] | None = None) -> str:
-        layers = self._layers(layers)
-        params = [getattr(la, name) for la in layers for name in la.param_names]
-        return _describe_path(self.buffer(layers), params)
+        plan = self._layers(layers)
+        return _describe_path(plan.laid_out(self.comm), plan.params())
 
-    def _layers(self, layers: Iterable[Layer] | None) -> list[Layer]:
+    def _plan(self, layers: Iterable[Layer]) -> _Plan:
+        given = layers if isinstance(layers, list | tuple) else list(layers)
+        key = tuple(map(id, given))
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= _PLANS:  # only caches go; the registered plan stays
+                registered = self._registered
+                self._plans = {} if registered is None else {registered.key: registered}
+            plan = self._plans[key] = _Plan(given, key)
+        return plan
+
+    def _layers(self, layers: Iterable[Layer] | None) -> _Plan:
         if layers is not None:
-            return _trainable(layers)
-        if not self.layers:
+            plan = self._plan(layers)
+            if not plan.layers:
+                raise ValueError(f"none of these layers has parameters: {list(plan.given)!r}")
+            return plan
+        if self._registered is None or not self._registered.layers:
             raise RuntimeError(
                 "DistributedOptimizer does not know the layers to reduce: register them, "
                 "DistributedOptimizer(opt, comm, layers=[...]), or call step(layers)"
             )
-        return self.layers
+        return self._registered
 
     def allreduce_gradients(
         self,
@@ -95,14 +124,21 @@ class DistributedOptimizer:
         rank then scales as it packs, and no pass divides after the sum. A rank whose forward
         or backward raised passes that exception as ``failure``, and still joins. Then every
         rank raises here together, and no gradient is touched."""
+        self._allreduce(self._layers(layers), samples, total, failure)
+
+    def _allreduce(
+        self, plan: _Plan, samples: float, total: float | None, failure: BaseException | None
+    ) -> None:
         samples = real("samples", samples, 0.0)
         scale = samples if total is None else samples / real("total", total, 0.0, low_open=True)
-        layers = self._layers(layers)  # the same on every rank: raising here is agreed
-        buffer = self.buffer(layers)  # laid out once; creating it may refuse a GPU path
+        buffer = plan.laid_out(self.comm)  # the first time may refuse a GPU path, on every rank
+        try:  # anew if the parameters changed: on every rank, whether it failed or not
+            buffer = plan.current(self.comm)
+        except Exception as exc:  # then this step sums in the old buffer, and fails
+            failure = failure or exc
         if failure is None:
             try:
-                grads = [getattr(la, "d" + name) for la in layers for name in la.param_names]
-                buffer.pack(grads, scale)
+                buffer.pack(plan.grads(), scale)
             except Exception as exc:  # a layer without a gradient, a wrong shape...
                 failure = exc
         failed = failure is not None
@@ -113,26 +149,26 @@ class DistributedOptimizer:
             raise _mark(ValueError("no rank had a sample in this step: nothing to average"))
         if total is not None and summed != total:
             raise ValueError(f"the ranks' samples sum to {summed:g}, not the total {total:g}")
-        grads = iter(buffer.unpack(summed if total is None else 1))
-        for la in layers:
-            for name in la.param_names:
-                setattr(la, "d" + name, next(grads))
-        self._reduced = frozenset(id(la) for la in layers)
+        outs = buffer.unpack(summed if total is None else 1)
+        for (layer, grad_name), out in zip(plan.grad_slots, outs, strict=True):
+            setattr(layer, grad_name, out)
+        self._reduced, self._last = plan.ids, plan
 
     def step(
         self,
-        layers: Iterable[Layer],
+        layers: Iterable[Layer] | None = None,
         *,
         samples: float = 1,
         total: float | None = None,
         failure: BaseException | None = None,
     ) -> None:
         """Sum the gradients across ranks (one all-reduce), then the wrapped optimizer's step
-        (``samples``, ``total`` and ``failure`` as in ``allreduce_gradients``)."""
-        layers = _trainable(layers)
-        self.allreduce_gradients(layers, samples=samples, total=total, failure=failure)
-        self.optimizer.step(layers)
-        self._reduced = frozenset()
+        (the registered layers when ``layers`` is None; ``samples``, ``total`` and
+        ``failure`` as in ``allreduce_gradients``)."""
+        plan = self._layers(layers)
+        self._allreduce(plan, samples, total, failure)
+        self.optimizer.step(plan.layers)
+        self._updated()
 
     # --- the book's three calls -----------------------------------------------------------
     def pre_update_params(self) -> None:
@@ -151,8 +187,47 @@ class DistributedOptimizer:
 
     def post_update_params(self) -> None:
         self.optimizer.post_update_params()
-        self._reduced = frozenset()
+        self._updated()
+
+    def _updated(self) -> None:
+        if self._last is not None:  # the parameters as updated: next step's check is quick
+            self._last.seen = self._last.params()
+        self._reduced, self._last = frozenset(), None
 
 
-def _trainable(layers: Iterable[Layer]) -> list[Layer]:
-    return [la for la in layers if la.param_names]
+class _Plan:
+    """One sequence of layers, sorted out once: those with parameters, where each parameter
+    and gradient lives, and the gradient buffer laid out for the parameters."""
+
+    __slots__ = ("buffer", "given", "grad_slots", "ids", "key", "layers", "param_slots", "seen")
+
+    def __init__(self, given: list[Layer] | tuple[Layer, ...], key: tuple[int, ...]) -> None:
+        self.given, self.key = tuple(given), key  # held, so no other layer takes their ids
+        self.layers = [la for la in given if la.param_names]
+        self.param_slots = [(la, name) for la in self.layers for name in la.param_names]
+        self.grad_slots = [(la, "d" + name) for la, name in self.param_slots]
+        self.ids = frozenset(map(id, self.layers))
+        self.buffer: _HostBuffer | _DeviceBuffer | None = None
+        self.seen: list = []  # the parameters the buffer was last checked against
+
+    def params(self) -> list:
+        return [getattr(la, name) for la, name in self.param_slots]
+
+    def grads(self) -> list:
+        return [getattr(la, name) for la, name in self.grad_slots]
+
+    def laid_out(self, comm: Communicator) -> _HostBuffer | _DeviceBuffer:
+        if self.buffer is None:
+            self.buffer = _gradient_buffer(comm, self.params())
+        return self.buffer
+
+    def current(self, comm: Communicator) -> _HostBuffer | _DeviceBuffer:
+        """The buffer for the parameters as they are now: the same one unless their library,
+        device, dtype or shapes changed. The optimizer's updates keep all four, so parameters
+        seen after the last update need no closer look."""
+        params = self.params()
+        if len(params) != len(self.seen) or not all(map(operator.is_, params, self.seen)):
+            if _layout(params) != self.buffer.layout:
+                self.buffer = _gradient_buffer(comm, params)
+            self.seen = params
+        return self.buffer

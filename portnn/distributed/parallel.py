@@ -15,7 +15,7 @@ from .. import random
 from ..backend import Backend, dtype_name, to_numpy
 from ..training import concatenated
 from .comm import Communicator, _mark, _nothing, shard
-from .optimizer import DistributedOptimizer, _trainable
+from .optimizer import DistributedOptimizer
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -74,7 +74,7 @@ class DataParallel:
             for key, value in comm.bcast(model.accuracy.get_config()).items():
                 setattr(model.accuracy, key, value)
         self.optimizer = DistributedOptimizer(model.optimizer, comm, model.trainable_layers)
-        comm.together("choosing how to sum gradients", self.optimizer.buffer, self.optimizer.layers)
+        comm.together("choosing how to sum gradients", self.optimizer.buffer)
         return everyone[0][1]
 
     def batches(self, n: int, batch_size: int | None) -> list[slice]:
@@ -121,7 +121,7 @@ class DataParallel:
         """Step ``i``'s all-reduce of every gradient, weighted by this rank's part, then the
         update."""
         samples, total = self.parts[i]
-        self.optimizer.step(self.optimizer.layers, samples=samples, total=total, failure=failure)
+        self.optimizer.step(samples=samples, total=total, failure=failure)  # the model's layers
 
     def sums(self, pass_figures: list[tuple[Any, Any]]) -> tuple[_Sums, _Sums]:
         """The loss and accuracy of this rank's part of a pass, as sums (cf. ``means``)."""
@@ -163,7 +163,7 @@ def describe(
 ) -> str:
     """The line a distributed run prints first: the ranks, the MPI library, the data, and the
     path the gradients take."""
-    optimizer = optimizer or DistributedOptimizer(model.optimizer, comm, _trainable(model.layers))
+    optimizer = optimizer or DistributedOptimizer(model.optimizer, comm, model.layers)
     if batch_size is None:
         batch = "full batch"
     else:

@@ -16,6 +16,7 @@ OPTIMIZERS = {
 
 DEFAULTS = {
     "backend": "numpy",
+    "device": None,  # the backend's default; "cuda" for torch on a GPU
     "dtype": "float64",
     "optimizer": "adam",
     "l2": 0.0,
@@ -26,6 +27,7 @@ DEFAULTS = {
     "shuffle": True,
     "validation": False,
     "sharded": False,
+    "path": "host",  # or "staged": the GPU path's logic forced onto CPU arrays (worker.py)
 }
 
 
@@ -47,7 +49,7 @@ def data(c: dict) -> tuple[np.ndarray, np.ndarray]:
 def build(c: dict) -> pn.Model:
     """The case's model on its backend and dtype, from seed 0."""
     pn.seed(0)
-    with pn.use_backend(c["backend"], dtype=c["dtype"]):
+    with pn.use_backend(c["backend"], dtype=c["dtype"], device=c["device"]):
         if c["loss"] == "mse":
             layers = [pn.Dense(1, 16, weight_init="he", weight_regularizer_l2=c["l2"])]
             layers += [pn.Tanh(), pn.Dense(16, 1), pn.Linear()]

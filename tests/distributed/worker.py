@@ -9,16 +9,32 @@ the same parameters.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from cases import build, case, data, parameters, train
 
 import portnn as pn
+import portnn.distributed.optimizer as optimizer_module
 from portnn import distributed as dist
+from portnn.distributed import buffers
+
+
+def gradient_path(path: str):
+    """Every gradient buffer made inside takes ``path``: ``staged`` runs the GPU path's code
+    (device buffer, host staging, copies back) on CPU arrays, where it can be compared."""
+    if path == "host":
+        return contextlib.nullcontext()
+
+    def forced(comm, params):
+        return buffers._DeviceBuffer(comm, params, path)
+
+    return mock.patch.object(optimizer_module, "_gradient_buffer", forced)
 
 
 def same_everywhere(comm: dist.Communicator, model: pn.Model) -> bool:
@@ -36,7 +52,8 @@ def save_run(path: Path, model: pn.Model, history: dict) -> None:
 
 def mode_train(comm, out: Path, cases: list[dict]) -> None:
     for i, c in enumerate(cases):
-        model, history = train(c, comm)
+        with gradient_path(c["path"]):
+            model, history = train(c, comm)
         if not same_everywhere(comm, model):
             raise SystemExit(f"case {i}: the ranks' parameters differ")
         if comm.is_root:
@@ -65,23 +82,8 @@ def mode_book(comm, out: Path, cases: list[dict]) -> None:
         X, y = b.asarray(X), b.asarray(y.astype(np.int64))
         layers = model.trainable_layers
         opt = dist.DistributedOptimizer(model.optimizer, comm, layers=layers)
-        for epoch in range(c["epochs"]):
-            for start in range(0, X.shape[0], c["batch_size"]):
-                stop = min(start + c["batch_size"], X.shape[0])
-                mine = slice(
-                    start + comm.rank * (stop - start) // comm.size,
-                    start + (comm.rank + 1) * (stop - start) // comm.size,
-                )
-                output = model.forward(X[mine, ...], training=True)
-                model.backward(output, y[mine, ...])
-                if (epoch + start) % 2:  # the three calls, weighted by this rank's samples
-                    opt.allreduce_gradients(samples=mine.stop - mine.start)
-                    opt.pre_update_params()
-                    for layer in layers:
-                        opt.update_params(layer)
-                    opt.post_update_params()
-                else:
-                    opt.step(layers, samples=mine.stop - mine.start)
+        with gradient_path(c["path"]):
+            book_loop(comm, c, model, opt, X, y)
         assert same_everywhere(comm, model)
         if comm.is_root:
             save_run(out / f"case{i}.npz", model, {})
@@ -97,6 +99,27 @@ def mode_book(comm, out: Path, cases: list[dict]) -> None:
         opt.update_params(model.trainable_layers[1])
     except RuntimeError as exc:
         print(f"rank {comm.rank}: refused: {exc}")
+
+
+def book_loop(comm, c: dict, model: pn.Model, opt: dist.DistributedOptimizer, X, y) -> None:
+    layers = model.trainable_layers
+    for epoch in range(c["epochs"]):
+        for start in range(0, X.shape[0], c["batch_size"]):
+            stop = min(start + c["batch_size"], X.shape[0])
+            mine = slice(
+                start + comm.rank * (stop - start) // comm.size,
+                start + (comm.rank + 1) * (stop - start) // comm.size,
+            )
+            output = model.forward(X[mine, ...], training=True)
+            model.backward(output, y[mine, ...])
+            if (epoch + start) % 2:  # the three calls, weighted by this rank's samples
+                opt.allreduce_gradients(samples=mine.stop - mine.start)
+                opt.pre_update_params()
+                for layer in layers:
+                    opt.update_params(layer)
+                opt.post_update_params()
+            else:
+                opt.step(layers, samples=mine.stop - mine.start)
 
 
 def mode_save(comm, out: Path, cases: list[dict]) -> None:
