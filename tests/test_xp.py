@@ -75,23 +75,25 @@ def test_adam_update_keeps_no_buffers_between_calls(backend):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(3, 5), (300, 300), (1, 70000)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (300, 300), (1, 70000), "transposed"])
 def test_numpys_adam_paths_equal_the_portable_reference_bit_for_bit(dtype, shape):
-    # Both NumPy paths, the compiled loop (where numba is installed) and the element-wise
-    # passes, do the reference's operations in its order with its casts: the same bits, so
-    # installing numba moves no figure.
+    # Both NumPy paths, the compiled loop (where numba is installed: every C-contiguous
+    # parameter, any size) and the element-wise passes (the fallback, and a parameter that is
+    # a transposed view), do the reference's operations in its order with its casts: the same
+    # bits, so installing numba moves no figure.
     from portnn.backend import _numpy
 
     b = pn.get_backend("numpy", dtype)
-    args = _adam_args(b, shape)
+    if shape == "transposed":
+        args = [a.T for a in _adam_args(b, (40, 70))]
+    else:
+        args = _adam_args(b, shape)
     constants = (0.9, 0.999, 0.00123, 1e-7 * 0.0316)
     reference = pn.Backend.adam_update(*args, *constants)
     paths = {"passes": _numpy._adam_passes(*args, *constants)}
     kernel = _numpy._fused_adam()
     if kernel is not None:
         paths["fused"] = _numpy.NumpyBackend.adam_update(*args, *constants)
-    elif shape == (1, 70000):
-        pytest.skip("numba is not installed: only the element-wise passes run here")
     for name, got in paths.items():
         for g, want in zip(got, reference, strict=True):
             assert g.dtype == want.dtype, name
@@ -103,7 +105,7 @@ def test_adam_update_divides_by_zero_as_the_reference_does(backend_name, dtype):
     # Adam(epsilon=0) with a zero gradient and cache divides 0 by 0: the reference gives NaN
     # there (NumPy's rules). The compiled NumPy loop once raised ZeroDivisionError instead.
     b = pn.get_backend(backend_name, dtype)
-    shape = (1, 70000)  # large enough for NumPy's compiled loop
+    shape = (1, 70000)
     rng = np.random.default_rng(2)
     grad = rng.standard_normal(shape)
     grad[0, :10] = 0.0

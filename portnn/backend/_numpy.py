@@ -45,7 +45,7 @@ class NumpyBackend(Backend):
 
     @staticmethod
     def adam_update(param, grad, m, v, beta_1, beta_2, scale, eps):
-        kernel = _fused_adam() if param.size >= _FUSE_FROM else None
+        kernel = _fused_adam()
         if kernel is None or not param.flags.c_contiguous:
             return _adam_passes(param, grad, m, v, beta_1, beta_2, scale, eps)
         # One pass over the four arrays instead of twelve, with every constant cast to the
@@ -66,10 +66,6 @@ class NumpyBackend(Backend):
             *out,
         )
         return out
-
-
-# Below this many elements a compiled call's dispatch costs more than the passes it saves.
-_FUSE_FROM = 1 << 16
 
 
 def _adam_passes(param, grad, m, v, beta_1, beta_2, scale, eps):
