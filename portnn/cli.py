@@ -136,7 +136,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         plot_history(history, args.plot, title=f"portnn train {args.dataset}")
         print(f"saved the training plot to {args.plot}")
     if args.plot_regions:  # sine's fit, or the decision regions of spiral or vertical
-        drawn = recipe.plot_fit(model, X, y, args.plot_regions, title=args.dataset)
+        from .plot import plot_fit
+
+        drawn = plot_fit(
+            model, X, y, args.plot_regions, regression=recipe.regression, title=args.dataset
+        )
         print(f"saved {drawn} to {args.plot_regions}")
     return 0
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .backend import to_numpy
 
-__all__ = ["plot_decision_regions", "plot_history", "plot_regression"]
+__all__ = ["plot_decision_regions", "plot_fit", "plot_history", "plot_regression"]
 
 PathLike = str | os.PathLike
 
@@ -219,3 +219,16 @@ def plot_regression(model: Any, X: Any, y: Any, path: PathLike, *, title: str = 
     ax.set_title(title or "prediction against target")
     fig.savefig(path, dpi=100)
     return path
+
+
+def plot_fit(
+    model: Any, X: Any, y: Any, path: PathLike, *, regression: bool, title: str = ""
+) -> str:
+    """Draw how the trained ``model`` fits (X, y) to the PNG ``path`` and say what was drawn:
+    a ``regression``'s prediction against its target (``plot_regression``), else the decision
+    regions of its classes on the plane (``plot_decision_regions``)."""
+    if regression:
+        plot_regression(model, X, y, path, title=title)
+        return "the prediction against the target"
+    plot_decision_regions(model, X, y, path, title=title)
+    return "the decision regions"

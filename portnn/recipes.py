@@ -117,20 +117,6 @@ class Recipe:
             return epochs, batch_size, self.print_every(epochs)
         return epochs, batch_size, integer("print_every", print_every, 0)
 
-    def plot_fit(
-        self, model: Model, X: Any, y: Any, path: str | os.PathLike[str], *, title: str = ""
-    ) -> str:
-        """Draw how the trained ``model`` fits (X, y) to the PNG ``path`` and say what was
-        drawn: a regression's prediction against its target (``plot.plot_regression``), else
-        the decision regions of its classes on the plane (``plot.plot_decision_regions``)."""
-        from . import plot
-
-        if self.regression:
-            plot.plot_regression(model, X, y, path, title=title)
-            return "the prediction against the target"
-        plot.plot_decision_regions(model, X, y, path, title=title)
-        return "the decision regions"
-
     def build(
         self,
         n_inputs: int | None = None,

@@ -10,7 +10,12 @@ import portnn as pn
 pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
-from portnn.plot import plot_decision_regions, plot_history, plot_regression  # noqa: E402
+from portnn.plot import (  # noqa: E402
+    plot_decision_regions,
+    plot_fit,
+    plot_history,
+    plot_regression,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -177,3 +182,17 @@ def test_regression_plot_shows_prediction_against_target(backend, tmp_path, draw
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["target", "prediction"]
     with pytest.raises(ValueError, match=r"one input per sample"):
         plot_regression(model, np.ones((5, 2)), np.ones(5), tmp_path / "bad.png")
+
+
+@pytest.mark.parametrize(
+    ("name", "drawn"),
+    [("sine", "the prediction against the target"), ("vertical", "the decision regions")],
+)
+def test_plot_fit_draws_the_figure_of_the_recipes_kind(backend, tmp_path, name, drawn):
+    recipe = pn.recipes.get(name)
+    X, y, _, _ = pn.datasets.load(name)
+    model = recipe.build(hidden=8)
+    model.train(X, y, epochs=2, print_every=0)
+    path = tmp_path / "fit.png"
+    assert plot_fit(model, X, y, path, regression=recipe.regression, title=name) == drawn
+    assert_png(path)

@@ -223,18 +223,3 @@ def test_resume_refuses_a_model_it_cannot_continue(backend, tmp_path):
         recipes.build_for_command("sine", 1, path)
     with pytest.raises(FileNotFoundError, match="nope.npz: no such model file"):
         recipes.resume(tmp_path / "nope.npz", 2)
-
-
-@pytest.mark.parametrize(
-    ("name", "drawn"),
-    [("sine", "the prediction against the target"), ("vertical", "the decision regions")],
-)
-def test_plot_fit_draws_the_figure_of_the_recipes_kind(backend, tmp_path, name, drawn):
-    pytest.importorskip("matplotlib")
-    recipe = recipes.get(name)
-    X, y, _, _ = datasets.load(name)
-    model = recipe.build(hidden=8)
-    model.train(X, y, epochs=2, print_every=0)
-    path = tmp_path / "fit.png"
-    assert recipe.plot_fit(model, X, y, path, title=name) == drawn
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
