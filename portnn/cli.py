@@ -31,7 +31,7 @@ from typing import Any
 
 import portnn as pn
 
-from . import datasets, distributed, inference, recipes, threads
+from . import datasets, distributed, inference, plot, recipes, threads
 from .about import environment_report
 from .backend import BACKENDS
 from .scripts import ArgumentParser, check_output, report
@@ -131,14 +131,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not root:
         return 0
     if args.plot:
-        from .plot import plot_history
-
-        plot_history(history, args.plot, title=f"portnn train {args.dataset}")
+        plot.plot_history(history, args.plot, title=f"portnn train {args.dataset}")
         print(f"saved the training plot to {args.plot}")
     if args.plot_regions:  # sine's fit, or the decision regions of spiral or vertical
-        from .plot import plot_fit
-
-        drawn = plot_fit(
+        drawn = plot.plot_fit(
             model, X, y, args.plot_regions, regression=recipe.regression, title=args.dataset
         )
         print(f"saved {drawn} to {args.plot_regions}")
