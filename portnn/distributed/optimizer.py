@@ -88,11 +88,16 @@ class DistributedOptimizer:
         given = layers if isinstance(layers, list | tuple) else list(layers)
         key = tuple(map(id, given))
         plan = self._plans.get(key)
-        if plan is None:
-            if len(self._plans) >= _PLANS:  # only caches go; the registered plan stays
-                registered = self._registered
-                self._plans = {} if registered is None else {registered.key: registered}
-            plan = self._plans[key] = _Plan(given, key)
+        if plan is not None and plan.names == _names(given):
+            return plan
+        # New, or a layer's param_names changed (one frozen or unfrozen): sorted out anew,
+        # as Optimizer.step reads param_names afresh every step.
+        if plan is None and len(self._plans) >= _PLANS:  # caches go; the registered stays
+            registered = self._registered
+            self._plans = {} if registered is None else {registered.key: registered}
+        plan = self._plans[key] = _Plan(given, key)
+        if self._registered is not None and self._registered.key == key:
+            self._registered = plan
         return plan
 
     def _layers(self, layers: Iterable[Layer] | None) -> _Plan:
@@ -101,12 +106,13 @@ class DistributedOptimizer:
             if not plan.layers:
                 raise ValueError(f"none of these layers has parameters: {list(plan.given)!r}")
             return plan
-        if self._registered is None or not self._registered.layers:
+        plan = None if self._registered is None else self._plan(self._registered.given)
+        if plan is None or not plan.layers:
             raise RuntimeError(
                 "DistributedOptimizer does not know the layers to reduce: register them, "
                 "DistributedOptimizer(opt, comm, layers=[...]), or call step(layers)"
             )
-        return self._registered
+        return plan
 
     def allreduce_gradients(
         self,
@@ -199,10 +205,21 @@ class _Plan:
     """One sequence of layers, sorted out once: those with parameters, where each parameter
     and gradient lives, and the gradient buffer laid out for the parameters."""
 
-    __slots__ = ("buffer", "given", "grad_slots", "ids", "key", "layers", "param_slots", "seen")
+    __slots__ = (
+        "buffer",
+        "given",
+        "grad_slots",
+        "ids",
+        "key",
+        "layers",
+        "names",
+        "param_slots",
+        "seen",
+    )
 
     def __init__(self, given: list[Layer] | tuple[Layer, ...], key: tuple[int, ...]) -> None:
         self.given, self.key = tuple(given), key  # held, so no other layer takes their ids
+        self.names = _names(given)  # what the plan was sorted out for
         self.layers = [la for la in given if la.param_names]
         self.param_slots = [(la, name) for la in self.layers for name in la.param_names]
         self.grad_slots = [(la, "d" + name) for la, name in self.param_slots]
@@ -227,7 +244,13 @@ class _Plan:
         seen after the last update need no closer look."""
         params = self.params()
         if len(params) != len(self.seen) or not all(map(operator.is_, params, self.seen)):
-            if _layout(params) != self.buffer.layout:
-                self.buffer = _gradient_buffer(comm, params)
+            if _layout(params) != self.buffer.layout:  # alike on every rank: decided together
+                self.buffer = comm.together(
+                    "laying out a new gradient buffer", _gradient_buffer, comm, params
+                )
             self.seen = params
         return self.buffer
+
+
+def _names(layers: Iterable[Layer]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(la.param_names) for la in layers)

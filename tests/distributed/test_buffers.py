@@ -253,3 +253,44 @@ def test_many_sequences_keep_the_registered_buffer():
         opt.buffer([model.layers[0]] * n)
     assert len(opt._plans) <= optimizer_module._PLANS
     assert opt.buffer() is registered
+
+
+@pytest.mark.parametrize("registered", [False, True])
+@pytest.mark.parametrize("frozen", [("weights",), ()])
+def test_freezing_and_unfreezing_a_layer_steps_as_one_process_does(frozen, registered):
+    # A layer's param_names set per instance freezes it (Optimizer.step reads them every
+    # step). A plan sorted out while it was frozen once missed the unfreezing: its biases got
+    # no all-reduce (the ranks drifted apart), or the layer never trained again.
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 2)).astype(np.float32), rng.integers(0, 3, 8)
+
+    def layers():
+        pn.seed(0)
+        return [pn.Dense(2, 4), pn.ReLU(), pn.Dense(4, 3), pn.Softmax()]
+
+    mirror, alone = layers(), layers()
+    loss = pn.CategoricalCrossentropy()
+    comm = Mirror(2)
+    opt = dist.DistributedOptimizer(pn.SGD(0.5), comm, layers=mirror if registered else None)
+    reference = pn.SGD(0.5)
+    for step in range(4):
+        for net in (mirror, alone):
+            net[2].param_names = frozen if step < 2 else ("weights", "biases")
+            out = X
+            for layer in net:
+                out = layer.forward(out, training=True)
+            d = loss.fused_backward(out, y)
+            for layer in reversed(net[:-1]):
+                d = layer.backward(d)
+        # The mirror's ranks each hold the same gradients: the average is the one process's.
+        opt.step(None if registered else mirror, samples=1, total=2)
+        reference.step(alone)
+        # Every trainable number went through the all-reduce (a mirror cannot show drift).
+        trained = sum(getattr(la, n).size for la in mirror for n in la.param_names)
+        assert comm.summed.size == trained + 2  # and the count and failure slots
+        for a, b in zip(mirror, alone, strict=True):
+            for name in ("weights", "biases"):
+                if hasattr(a, name):
+                    np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert comm.sums == 4
+    assert not np.array_equal(mirror[2].biases, layers()[2].biases)  # unfrozen, it trained
