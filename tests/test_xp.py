@@ -75,17 +75,24 @@ def test_adam_update_keeps_no_buffers_between_calls(backend):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (300, 300), (1, 70000), "transposed"])
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (3, 5), (300, 300), (1, 70000), "transposed", "F-ordered state"]
+)
 def test_numpys_adam_paths_equal_the_portable_reference_bit_for_bit(dtype, shape):
-    # Both NumPy paths, the compiled loop (where numba is installed: every C-contiguous
-    # parameter, any size) and the element-wise passes (the fallback, and a parameter that is
-    # a transposed view), do the reference's operations in its order with its casts: the same
-    # bits, so installing numba moves no figure.
+    # Both NumPy paths, the compiled loop (where numba is installed, for C-contiguous
+    # parameters from _FUSE_FROM elements) and the element-wise passes (the fallback, and a
+    # parameter that is a transposed view), do the reference's operations in its order with
+    # its casts: the same bits, so installing numba moves no figure. State in Fortran order
+    # (what the passes return for weights loaded in nn.Linear's layout) once came back from
+    # the compiled loop as uninitialised memory.
     from portnn.backend import _numpy
 
     b = pn.get_backend("numpy", dtype)
     if shape == "transposed":
         args = [a.T for a in _adam_args(b, (40, 70))]
+    elif shape == "F-ordered state":
+        param, *rest = _adam_args(b, (300, 300))
+        args = [param, *(np.asfortranarray(a) for a in rest)]
     else:
         args = _adam_args(b, shape)
     constants = (0.9, 0.999, 0.00123, 1e-7 * 0.0316)
@@ -200,3 +207,31 @@ def test_the_math_modules_call_a_librarys_fused_kernels(monkeypatch):
     assert called == list(cases)
     for name in cases:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12, err_msg=name)
+
+
+def test_math_on_arrays_of_a_library_without_a_backend_class_runs_the_portable_code():
+    # The kernel door must not refuse an Array API library portnn has no class for: the
+    # layers' and losses' math is plain Array API (array-api-strict's arrays stand in here,
+    # their class unregistered for the test).
+    from portnn import activations, backend, losses
+
+    xps = pytest.importorskip("array_api_strict")
+
+    x = xps.asarray([[1.0, -2.0], [0.0, 3.0]], dtype=xps.float64)
+    y = xps.asarray([1, 0])
+    backend._class_of_type.cache_clear()
+    saved = backend._CLASSES.pop("array_api_strict")
+    try:
+        assert _xp.kernel(x, "relu_backward") is None
+        relu = activations.ReLU()
+        relu.forward(x)
+        np.testing.assert_array_equal(np.asarray(relu.backward(x)), [[1.0, 0.0], [0.0, 3.0]])
+        cce = losses.CategoricalCrossentropy()
+        p = xps.asarray([[0.25, 0.75], [0.5, 0.5]], dtype=xps.float64)
+        np.testing.assert_allclose(np.asarray(cce._forward(p, y)), -np.log([0.75, 0.5]))
+        np.testing.assert_allclose(
+            np.asarray(cce.fused_backward(p, y)), [[0.125, -0.125], [-0.25, 0.25]]
+        )
+    finally:
+        backend._CLASSES["array_api_strict"] = saved
+        backend._class_of_type.cache_clear()

@@ -45,13 +45,15 @@ class NumpyBackend(Backend):
 
     @staticmethod
     def adam_update(param, grad, m, v, beta_1, beta_2, scale, eps):
-        kernel = _fused_adam()
+        kernel = _fused_adam() if param.size >= _FUSE_FROM else None
         if kernel is None or not param.flags.c_contiguous:
             return _adam_passes(param, grad, m, v, beta_1, beta_2, scale, eps)
         # One pass over the four arrays instead of twelve, with every constant cast to the
         # arrays' dtype as NumPy casts a Python float: the same operations, the same bits.
         dt = param.dtype.type
-        out = np.empty_like(param), np.empty_like(m), np.empty_like(v)
+        # C order, whatever order m and v came in (an F-ordered m from the passes, after
+        # weights loaded in nn.Linear's layout): the loop writes through flat views.
+        out = tuple(np.empty(param.shape, param.dtype) for _ in range(3))
         kernel(
             param,
             np.ascontiguousarray(grad),
@@ -66,6 +68,11 @@ class NumpyBackend(Backend):
             *out,
         )
         return out
+
+
+# The book's small networks (spiral, sine) stay below this and never pay the first call's
+# compilation; above it, the compiled loop is about three times faster than the passes.
+_FUSE_FROM = 1 << 13
 
 
 def _adam_passes(param, grad, m, v, beta_1, beta_2, scale, eps):
@@ -98,7 +105,8 @@ def _fused_adam() -> Any:
 
     # NumPy's error model: x / 0 is inf or nan as in the reference, not ZeroDivisionError,
     # and without that per-element check the loop vectorizes (several times faster).
-    @numba.njit(nogil=True, error_model="numpy")
+    # cache: compiled once per installation, not in every process (about two seconds).
+    @numba.njit(nogil=True, error_model="numpy", cache=True)
     def kernel(p, g, m, v, b1, c1, b2, c2, scale, eps, p_out, m_out, v_out):  # pragma: no cover
         p, g, m, v = p.ravel(), g.ravel(), m.ravel(), v.ravel()
         p_out, m_out, v_out = p_out.ravel(), m_out.ravel(), v_out.ravel()
