@@ -50,8 +50,8 @@ HISTORY_KEYS = (
 MAX_PENDING = 10
 
 
-def train(
-    model: Model,
+def train(  # Model.train: ``self`` is the model, so help() and the API page show it so
+    self,
     X: Any,
     y: Any,
     *,
@@ -95,7 +95,7 @@ def train(
     with the ``history`` of the epochs that completed.
     """
     run = Run(
-        model,
+        self,
         X,
         y,
         epochs=epochs,
