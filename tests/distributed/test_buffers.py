@@ -8,6 +8,8 @@ MPI runs are in tests/test_distributed.py; these need no MPI.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from cases import build, case, data, parameters
@@ -261,12 +263,12 @@ def test_many_sequences_keep_the_registered_buffer():
 
 @pytest.mark.parametrize("registered", [False, True])
 @pytest.mark.parametrize("frozen", [("weights",), ()])
-def test_freezing_and_unfreezing_a_layer_steps_as_one_process_does(frozen, registered):
+def test_freezing_and_unfreezing_a_layer_steps_as_one_process_does(backend, frozen, registered):
     # A layer's param_names set per instance freezes it (Optimizer.step reads them every
     # step). A plan sorted out while it was frozen once missed the unfreezing: its biases got
     # no all-reduce (the ranks drifted apart), or the layer never trained again.
     rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((8, 2)).astype(np.float32), rng.integers(0, 3, 8)
+    X, y = backend.asarray(rng.standard_normal((8, 2))), backend.asarray(rng.integers(0, 3, 8))
 
     def layers():
         pn.seed(0)
@@ -290,11 +292,14 @@ def test_freezing_and_unfreezing_a_layer_steps_as_one_process_does(frozen, regis
         opt.step(None if registered else mirror, samples=1, total=2)
         reference.step(alone)
         # Every trainable number went through the all-reduce (a mirror cannot show drift).
-        trained = sum(getattr(la, n).size for la in mirror for n in la.param_names)
+        trained = sum(math.prod(getattr(la, n).shape) for la in mirror for n in la.param_names)
         assert comm.summed.size == trained + 2  # and the count and failure slots
         for a, b in zip(mirror, alone, strict=True):
             for name in ("weights", "biases"):
                 if hasattr(a, name):
-                    np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+                    np.testing.assert_array_equal(
+                        pn.to_numpy(getattr(a, name)), pn.to_numpy(getattr(b, name))
+                    )
     assert comm.sums == 4
-    assert not np.array_equal(mirror[2].biases, layers()[2].biases)  # unfrozen, it trained
+    untrained = pn.to_numpy(layers()[2].biases)
+    assert not np.array_equal(pn.to_numpy(mirror[2].biases), untrained)  # unfrozen, it trained
