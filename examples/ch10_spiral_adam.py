@@ -11,8 +11,6 @@ epochs and at the last; the book's loop counts from 0, so its epoch 10000 is epo
     python examples/ch10_spiral_adam.py [--backend torch] [--epochs 10001] [--plot regions.png]
 """
 
-import argparse
-
 import portnn as pn
 from portnn.nnfs import (
     Accuracy_Categorical,
@@ -23,18 +21,11 @@ from portnn.nnfs import (
     init,
     spiral_data,
 )
-from portnn.scripts import run_script
+from portnn.scripts import example_parser, parse_example, run_script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The book's chapter 10 run (Adam, spiral).")
-    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
-    parser.add_argument("--epochs", type=int, default=10001)
-    parser.add_argument("--print-every", type=int, default=1000, help="the book prints every 100")
-    parser.add_argument("--plot", metavar="PATH", help="save the decision regions to a PNG")
-    args = parser.parse_args()
-    if args.backend:
-        pn.set_backend(args.backend)
+    args = parse_example(example_parser("The book's chapter 10 run (Adam, spiral).", epochs=10001))
     xp = pn.get_backend().xp
 
     init()  # seed 0: the book's data and initial weights (to float32 rounding)

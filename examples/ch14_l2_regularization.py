@@ -10,8 +10,6 @@ validation pass on a fresh spiral_data(100, 3). The book ends near ``acc: 0.95, 
     python examples/ch14_l2_regularization.py [--backend torch] [--epochs 10001] [--plot r.png]
 """
 
-import argparse
-
 import portnn as pn
 from portnn.nnfs import (
     Accuracy_Categorical,
@@ -22,18 +20,13 @@ from portnn.nnfs import (
     init,
     spiral_data,
 )
-from portnn.scripts import run_script
+from portnn.scripts import example_parser, parse_example, run_script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The book's chapter 14 run (L2 regularization).")
-    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
-    parser.add_argument("--epochs", type=int, default=10001)
-    parser.add_argument("--print-every", type=int, default=1000, help="the book prints every 100")
-    parser.add_argument("--plot", metavar="PATH", help="save the decision regions to a PNG")
-    args = parser.parse_args()
-    if args.backend:
-        pn.set_backend(args.backend)
+    args = parse_example(
+        example_parser("The book's chapter 14 run (L2 regularization).", epochs=10001)
+    )
     xp = pn.get_backend().xp
 
     accuracy = Accuracy_Categorical()

@@ -15,8 +15,6 @@ when called with ``training=True`` (which a Model does for you).
     python examples/ch15_dropout.py [--backend torch] [--epochs 10001] [--plot regions.png]
 """
 
-import argparse
-
 import portnn as pn
 from portnn.nnfs import (
     Accuracy_Categorical,
@@ -28,18 +26,11 @@ from portnn.nnfs import (
     init,
     spiral_data,
 )
-from portnn.scripts import run_script
+from portnn.scripts import example_parser, parse_example, run_script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The book's chapter 15 run (dropout).")
-    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
-    parser.add_argument("--epochs", type=int, default=10001)
-    parser.add_argument("--print-every", type=int, default=1000, help="the book prints every 100")
-    parser.add_argument("--plot", metavar="PATH", help="save the decision regions to a PNG")
-    args = parser.parse_args()
-    if args.backend:
-        pn.set_backend(args.backend)
+    args = parse_example(example_parser("The book's chapter 15 run (dropout).", epochs=10001))
     xp = pn.get_backend().xp
 
     accuracy = Accuracy_Categorical()

@@ -10,21 +10,14 @@ loss: 0.264 (data_loss: 0.211, reg_loss: 0.052)`` and ``validation, acc: 0.905, 
     python examples/ch16_binary_logistic.py [--backend torch] [--epochs 10001] [--plot r.png]
 """
 
-import argparse
-
 import portnn as pn
-from portnn.scripts import run_script
+from portnn.scripts import example_parser, parse_example, run_script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The book's chapter 16 run (binary logistic).")
-    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
-    parser.add_argument("--epochs", type=int, default=10001)
-    parser.add_argument("--print-every", type=int, default=1000, help="the book prints every 100")
-    parser.add_argument("--plot", metavar="PATH", help="save the decision regions to a PNG")
-    args = parser.parse_args()
-    if args.backend:
-        pn.set_backend(args.backend)
+    args = parse_example(
+        example_parser("The book's chapter 16 run (binary logistic).", epochs=10001)
+    )
 
     pn.seed(0)
     X, y = pn.datasets.spiral(100, 2)

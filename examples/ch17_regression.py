@@ -14,21 +14,18 @@ Dense here says ``weight_scale=0.1``, as the book's own code must with portnn.nn
     python examples/ch17_regression.py [--backend torch] [--epochs 10001] [--plot history.png]
 """
 
-import argparse
-
 import portnn as pn
-from portnn.scripts import run_script
+from portnn.scripts import example_parser, parse_example, run_script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The book's chapter 17 run (sine regression).")
-    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
-    parser.add_argument("--epochs", type=int, default=10001)
-    parser.add_argument("--print-every", type=int, default=1000, help="the book prints every 100")
-    parser.add_argument("--plot", metavar="PATH", help="save loss, accuracy and lr to a PNG")
-    args = parser.parse_args()
-    if args.backend:
-        pn.set_backend(args.backend)
+    args = parse_example(
+        example_parser(
+            "The book's chapter 17 run (sine regression).",
+            epochs=10001,
+            plot="loss, accuracy and lr",
+        )
+    )
 
     pn.seed(0)
     X, y = pn.datasets.sine()

@@ -15,9 +15,6 @@ through 512 neurons take a few minutes on a CPU.
     python examples/ch18_model.py [--backend torch] [--epochs 10000] [--plot history.png]
 """
 
-import argparse
-
-import portnn as pn
 from portnn.nnfs import (
     Accuracy_Categorical,
     Activation_ReLU,
@@ -30,18 +27,17 @@ from portnn.nnfs import (
     init,
     spiral_data,
 )
-from portnn.scripts import run_script
+from portnn.scripts import example_parser, parse_example, run_script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The book's chapter 18 run (the Model object).")
-    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
-    parser.add_argument("--epochs", type=int, default=10000)
-    parser.add_argument("--print-every", type=int, default=1000, help="the book prints every 100")
-    parser.add_argument("--plot", metavar="PATH", help="save loss, accuracy and lr to a PNG")
-    args = parser.parse_args()
-    if args.backend:
-        pn.set_backend(args.backend)
+    args = parse_example(
+        example_parser(
+            "The book's chapter 18 run (the Model object).",
+            epochs=10000,
+            plot="loss, accuracy and lr",
+        )
+    )
 
     init()
     X, y = spiral_data(samples=1000, classes=3)

@@ -12,20 +12,21 @@ real shape instead, to try the script with no files and no network (accuracy sta
     python examples/ch19_fashion_mnist.py [--download] [--backend cupy] [--save model.npz]
 """
 
-import argparse
-
 import numpy as np
 
 import portnn as pn
-from portnn.scripts import run_script
+from portnn.scripts import example_parser, parse_example, run_script
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="The book's chapter 19 run (Fashion-MNIST).")
-    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser = example_parser(
+        "The book's chapter 19 run (Fashion-MNIST).",
+        epochs=10,
+        print_every=1,
+        print_every_help="epochs between progress lines",
+        plot="loss, accuracy and lr",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--print-every", type=int, default=1, help="epochs between progress lines")
     parser.add_argument("--data", metavar="FOLDER", help="where the Fashion-MNIST files are")
     parser.add_argument("--download", action="store_true", help="fetch the files if missing")
     parser.add_argument("--synthetic", action="store_true", help="random data of the real shape")
@@ -33,10 +34,7 @@ def main() -> None:
     parser.add_argument(
         "--save", metavar="PATH", help="save the trained model (for portnn predict)"
     )
-    parser.add_argument("--plot", metavar="PATH", help="save loss, accuracy and lr to a PNG")
-    args = parser.parse_args()
-    if args.backend:
-        pn.set_backend(args.backend)
+    args = parse_example(parser)
     pn.seed(0)
 
     if args.synthetic:

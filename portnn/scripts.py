@@ -22,8 +22,10 @@ __all__ = [
     "ArgumentParser",
     "UsageError",
     "check_output",
+    "example_parser",
     "message",
     "one_line",
+    "parse_example",
     "report",
     "run_script",
 ]
@@ -116,3 +118,32 @@ def check_output(path: str | os.PathLike[str] | None, option: str, *, figure: bo
         from .plot import _matplotlib
 
         _matplotlib()
+
+
+def example_parser(
+    description: str,
+    *,
+    epochs: int,
+    print_every: int = 1000,
+    print_every_help: str = "the book prints every 100",
+    plot: str = "the decision regions",
+) -> argparse.ArgumentParser:
+    """The options every example script takes: ``--backend``, ``--epochs``, ``--print-every``
+    and ``--plot PATH`` (saving ``plot`` to a PNG). Add the script's own, then
+    ``parse_example``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--backend", help="numpy, array_api_strict, torch or cupy")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--print-every", type=int, default=print_every, help=print_every_help)
+    parser.add_argument("--plot", metavar="PATH", help=f"save {plot} to a PNG")
+    return parser
+
+
+def parse_example(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The command line's options, with ``--backend`` (when given) selected."""
+    args = parser.parse_args()
+    if args.backend:
+        from .backend import set_backend
+
+        set_backend(args.backend)
+    return args
