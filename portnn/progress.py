@@ -43,6 +43,11 @@ class ProgressBars:
         if self.enabled:
             self.bar.set_postfix(loss=number(values["loss"]), acc=f"{values['accuracy']:.3f}")
 
+    @staticmethod
+    def write(line: str) -> None:
+        """Print ``line`` above the bars, not through them."""
+        tqdm.write(line)
+
     def close(self) -> None:
         self.bar.close()
 

@@ -162,7 +162,6 @@ class Run:
         self.progress = ProgressBars(
             progress and self.is_main, self.epochs, len(self.batches), keep=progress == "keep"
         )
-        self.bar = self.progress.bar
         self.history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
         self.pending: list[dict] = []  # epochs since the last logging point, on the device
         self.last_good = (0, model.state_dict())  # (epoch, the state its loss vouched for)
@@ -201,7 +200,7 @@ class Run:
             if self.dp is not None and self.print_every:
                 from .distributed import announce
 
-                announce(self.dp.describe(), self.bar.write, self.dp.comm)
+                announce(self.dp.describe(), self.progress.write, self.dp.comm)
             with quiet_float_errors(self.X), _interrupts(self, enabled=self.dp is None):
                 self._call("on_train_begin")
                 for epoch in range(1, self.epochs + 1):
@@ -320,7 +319,7 @@ class Run:
             self.last_epoch = values["epoch"]
             every = self.print_every if self.is_main else 0
             if every and (values["epoch"] % every == 0 or values["epoch"] == self.epochs):
-                self.bar.write(book_line(values))
+                self.progress.write(book_line(values))
             self.progress.show(values)
             self._call("on_epoch_end", values["epoch"], {k: values.get(k) for k in HISTORY_KEYS})
 
