@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -173,6 +174,10 @@ class Communicator:
         """End every rank of the job now (``MPI_Abort``), after saying why on stderr."""
         sys.stderr.write(f"portnn: rank {self.rank} of {self.size}: {message}\n")
         sys.stderr.flush()
+        # The launcher forwards each rank's output through its own process, which MPI_Abort
+        # kills: on a busy machine it took the message (and the traceback) with it. A moment
+        # for the forwarding, once, on the way out of a failed job.
+        time.sleep(0.5)
         self.mpi.Abort(code)
 
     def abort_unless_agreed(self, exc: BaseException, where: str) -> None:
@@ -247,5 +252,7 @@ def shard(n: int, comm: Communicator) -> slice:
 def save(model: Model, path: str | os.PathLike, comm: Communicator) -> None:
     """``model.save(path)`` on rank 0 only; every rank raises if it failed (a full disk), and
     none goes on before the file is complete. The write is atomic, so a failed save leaves
-    the last good file whole."""
+    the last good file whole. Rank 0 writes only once every rank has reached the save: a job
+    whose other rank failed on the way (and aborts) writes no file."""
+    comm.agree(None, "on the way to the save")
     comm.on_root(f"saving the model to {os.fspath(path)}", model.save, path)
