@@ -35,6 +35,7 @@ from . import datasets, distributed, inference, plot, recipes, threads
 from .about import environment_report
 from .backend import BACKENDS
 from .scripts import ArgumentParser, check_output, report
+from .threads import MAX_THREADS
 
 PROG = "portnn"
 DATASETS = tuple(recipes.RECIPES)
@@ -206,6 +207,13 @@ def _name(kind: str, names: Sequence[str], sep: str, aliases: dict[str, str]) ->
     return parse
 
 
+def _thread_count(text: str) -> int:
+    n = _number(int, "a positive integer", lambda v: v >= 1)(text)
+    if n > MAX_THREADS:  # checked here: torch would refuse it after the BLAS pools
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {text!r}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     positive = _number(int, "a positive integer", lambda v: v >= 1)
     natural = _number(int, "a non-negative integer", lambda v: v >= 0)
@@ -249,9 +257,10 @@ def _parser() -> argparse.ArgumentParser:
             )
         p.add_argument(
             "--threads",
-            type=positive,
+            type=_thread_count,
             metavar="N",
-            help=f"threads of the BLAS/OpenMP pools and torch (default: {threads})",
+            help=f"threads of the BLAS/OpenMP pools and torch, at most {MAX_THREADS}; OpenBLAS "
+            f"takes at most its build's maximum (default: {threads})",
         )
         p.set_defaults(run=run)
 

@@ -24,11 +24,25 @@ from typing import Any
 
 from ._checks import integer
 
-__all__ = ["describe", "get_num_threads", "limit", "num_threads", "set_num_threads"]
+__all__ = [
+    "MAX_THREADS",
+    "describe",
+    "get_num_threads",
+    "limit",
+    "num_threads",
+    "set_num_threads",
+]
+
+# More than the CPUs of any machine portnn runs on; torch refuses 2**31 and up only once the
+# BLAS pools have been set, so a count is checked against this first.
+MAX_THREADS = 1024
 
 
 def _count(n: Any) -> int:
-    return integer("the number of threads", n, 1)  # any integer (NumPy's too), never a bool
+    n = integer("the number of threads", n, 1)  # any integer (NumPy's too), never a bool
+    if n > MAX_THREADS:
+        raise ValueError(f"the number of threads must be at most {MAX_THREADS}, got {n}")
+    return n
 
 
 def _torch() -> Any:
@@ -66,9 +80,10 @@ def get_num_threads() -> dict[str, int]:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads (an integer >= 1) in every BLAS and OpenMP pool loaded now and, when
-    torch is imported, in torch's intra-op pool (``torch.set_num_threads``), until changed.
-    A bad ``n`` raises ValueError and changes nothing."""
+    """Use ``n`` threads (an integer from 1 to ``MAX_THREADS``) in every BLAS and OpenMP pool
+    loaded now and, when torch is imported, in torch's intra-op pool (``torch.set_num_threads``),
+    until changed. A bad ``n`` raises ValueError and changes nothing. OpenBLAS uses at most its
+    build's maximum (often 64) whatever ``n`` asks; ``get_num_threads`` shows what each took."""
     n = _count(n)
     from threadpoolctl import threadpool_limits
 

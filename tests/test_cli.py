@@ -356,6 +356,17 @@ def test_missing_optional_dependency(capsys, monkeypatch, tmp_path, module, argv
     assert expected in err
 
 
+@pytest.mark.parametrize("n", ["1025", "2147483648", "100000000000"])
+def test_too_many_threads_is_a_usage_error_that_changes_nothing(capsys, n):
+    before = pn.get_num_threads()
+    code, out, err = run(capsys, "info --threads", n)
+    assert (code, out) == (2, "")
+    assert err == f"portnn: error: argument --threads: must be at most 1024, got '{n}' " + (
+        "(see 'portnn info --help')\n"
+    )
+    assert pn.get_num_threads() == before
+
+
 def test_unusable_backend_is_one_line(capsys, monkeypatch):
     if "cupy" in pn.available_backends():
         pytest.skip("cupy works here")

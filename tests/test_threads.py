@@ -124,6 +124,16 @@ def test_a_bad_count_is_refused_and_changes_nothing(before, call, n):
     assert pn.get_num_threads() == before
 
 
+@pytest.mark.parametrize("n", [1025, 2**31, 10**11])
+@pytest.mark.parametrize("call", ["set_num_threads", "num_threads", "limit"])
+def test_too_many_threads_are_refused_before_any_pool_changes(before, call, n):
+    """torch refuses 2**31 and up ("Overflow when unpacking long"), but only after the BLAS
+    pools were set: the count is checked first, whatever library is loaded."""
+    with pytest.raises(ValueError, match=rf"the number of threads must be at most 1024, got {n}"):
+        getattr(threads, call)(n)
+    assert pn.get_num_threads() == before
+
+
 def test_limit_loads_the_backends_first_then_sets_and_gives_back(before, monkeypatch):
     loaded, real = [], portnn.backend.get_backend
     monkeypatch.setattr(
