@@ -332,11 +332,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _threads(args: argparse.Namespace) -> contextlib.AbstractContextManager:
     """``--threads`` (else the dataset's recipe's, for train and evaluate) while the command
-    runs, the libraries' own after it; info sets every backend's library, the others theirs."""
-    n = args.threads
-    if n is None and args.command in ("train", "evaluate"):
-        n = recipes.get(args.dataset).threads
-    return threads.limit(n, BACKENDS if args.command == "info" else [None])
+    runs, the libraries' own after it; info sets every backend's library, the others theirs
+    and their dataset's (digits: scipy's and scikit-learn's pools too)."""
+    n, modules = args.threads, ()
+    if args.command in ("train", "evaluate"):
+        n = recipes.get(args.dataset).threads if n is None else n
+        modules = datasets.LIBRARIES.get(args.dataset, ())
+    return threads.limit(n, BACKENDS if args.command == "info" else [None], modules)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ backends' libraries before it sets them. ``describe`` puts the counts in a few w
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -118,12 +119,13 @@ def _limited(n: int) -> Iterator[None]:
 
 
 def limit(
-    n: int | None, backends: Iterable[str | None] = (None,)
+    n: int | None, backends: Iterable[str | None] = (None,), modules: Iterable[str] = ()
 ) -> contextlib.AbstractContextManager[None]:
-    """``num_threads(n)`` once the libraries of ``backends`` are loaded (names; None: the
-    selected backend), so that their pools, torch's own among them, are among those set; a
-    backend that cannot load is passed over (whoever uses it says why). ``n`` None: the
-    libraries' own counts, nothing changed."""
+    """``num_threads(n)`` once the libraries of ``backends`` (names; None: the selected
+    backend) and the ``modules`` (``"sklearn.datasets"``: scipy's OpenBLAS and scikit-learn's
+    OpenMP) are loaded, so that their pools, torch's own among them, are among those set; one
+    that cannot load is passed over (whoever uses it says why). ``n`` None: the libraries'
+    own counts, nothing changed."""
     if n is None:
         return contextlib.nullcontext()
     n = _count(n)  # a bad count raises here, before any library is loaded
@@ -132,6 +134,9 @@ def limit(
     for name in backends:
         with contextlib.suppress(ImportError, RuntimeError, ValueError):
             get_backend(name)
+    for module in modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
     return _limited(n)
 
 

@@ -2,6 +2,7 @@
 
 import errno
 import gzip
+import json
 import os
 import re
 import struct
@@ -449,6 +450,33 @@ def test_threads_while_a_command_runs(capsys, monkeypatch, backend_name, tmp_pat
         shown = f", {expected} CPU thread{'s' * (expected != 1)}" if expected else ""
         assert shown in out
     assert pn.get_num_threads() == before  # the libraries' own counts, given back
+
+
+def test_train_digits_sets_the_pools_its_loader_brings():
+    """scipy's OpenBLAS and scikit-learn's OpenMP load with the digits, after the command set
+    the threads: in a fresh process (no earlier test loaded them), every pool loaded when
+    training runs has the one thread, whatever count the pools start with."""
+    pytest.importorskip("sklearn")
+    code = (
+        "import json, threadpoolctl, portnn as pn\n"
+        "from portnn.cli import main\n"
+        "seen, real = [], pn.Model.train\n"
+        "def train(self, *args, **kwargs):\n"
+        "    seen.extend(threadpoolctl.threadpool_info())\n"
+        "    return real(self, *args, **kwargs)\n"
+        "pn.Model.train = train\n"
+        "assert main(['train', 'digits', '--epochs', '1', '--quiet']) == 0\n"
+        "print(json.dumps({info['filepath']: info['num_threads'] for info in seen}))\n"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "3", "OMP_NUM_THREADS": "3"}
+    env.pop("PORTNN_BACKEND", None)  # numpy: the pools are the ones the digits bring
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    pools = json.loads(result.stdout.splitlines()[-1])
+    assert any("scipy" in path for path in pools) and any("scikit" in path for path in pools)
+    assert set(pools.values()) == {1}, pools
 
 
 def _tiny_fashion(tmp_path):

@@ -146,6 +146,17 @@ def test_limit_loads_the_backends_first_then_sets_and_gives_back(before, monkeyp
     assert pn.get_num_threads() == before
 
 
+def test_limit_imports_the_modules_first_passing_over_one_that_fails(before, monkeypatch):
+    imported = []
+    monkeypatch.setattr(
+        threads.importlib, "import_module", lambda name: imported.append(name) or 1 / 0
+    )
+    with threads.limit(1, [], ["sklearn.datasets", "no.such.module"]):
+        assert imported == ["sklearn.datasets", "no.such.module"]
+        assert set(pn.get_num_threads().values()) == {1}
+    assert pn.get_num_threads() == before
+
+
 def test_limit_none_changes_nothing_and_loads_nothing(before, monkeypatch):
     monkeypatch.setattr(portnn.backend, "get_backend", lambda n=None: pytest.fail("loaded"))
     with threads.limit(None, ["torch"]):

@@ -27,6 +27,7 @@ from .images import fashion_mnist_image
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "LIBRARIES",
     "NAMES",
     "default_data_dir",
     "digits",
@@ -43,6 +44,11 @@ __all__ = [
 
 # What load() knows: the datasets the book's networks have a recipe for, in the CLI's order.
 NAMES = tuple(RECIPES)
+
+# The modules a dataset's loader imports that bring thread pools of their own (scipy's
+# OpenBLAS, scikit-learn's OpenMP): the portnn command loads them before it sets the threads,
+# which reach only the libraries loaded by then.
+LIBRARIES: dict[str, tuple[str, ...]] = {"digits": ("sklearn.datasets",)}
 
 
 def _rng(seed: int | None) -> np.random.RandomState:
