@@ -27,18 +27,18 @@ def environment_report() -> str:
     try:
         selected = pn.get_backend()
         lines.append(f"selected backend: {selected.name} ({selected.dtype_name})")
-    except (ValueError, ImportError, RuntimeError) as exc:
-        lines.append(f"selected backend: none usable ({one_line(exc)})")
+    except Exception as exc:  # a broken library raises whatever its import raises
+        lines.append(f"selected backend: none usable ({_why(exc)})")
     rows, notes = [], []
     for name in BACKENDS:
         version = _library_version(name)
         try:
             backend = pn.get_backend(name)
-        except (ImportError, RuntimeError) as exc:
+            devices = ", ".join(type(backend).devices())  # what its library computes on here
+        except Exception as exc:  # one broken library leaves the others to report
             rows.append((name, version, "no", "-", "-"))
-            notes.append(f"  {name}: {one_line(exc)}")
+            notes.append(f"  {name}: {_why(exc)}")
             continue
-        devices = ", ".join(type(backend).devices())  # what its library can compute on here
         rows.append((name, version, "yes", devices, backend.dtype_name))
     header = ("backend", "library", "usable", "devices", "dtype")
     lines.extend("  " + line for line in table([header, *rows]))
@@ -48,6 +48,14 @@ def environment_report() -> str:
     pools = ", ".join(f"{name} {n}" for name, n in pn.get_num_threads().items())
     lines.append(f"threads: {_cpus()} CPUs; {pools or 'no BLAS or OpenMP pool loaded'}")
     return "\n".join(lines)
+
+
+def _why(exc: Exception) -> str:
+    """Why a backend is unusable, in one line: portnn's own message (ImportError, RuntimeError,
+    ValueError), else the error a broken library raised, with its type."""
+    if isinstance(exc, (ImportError, RuntimeError, ValueError)):
+        return one_line(exc)
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def _cpus() -> int:

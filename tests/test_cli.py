@@ -86,6 +86,33 @@ def test_python_m_portnn_info():
     assert result.stdout.startswith("portnn ") and "array_api_strict" in result.stdout
 
 
+@pytest.mark.parametrize("argv", [["info"], ["info", "--threads", "1"]], ids=["info", "threads"])
+def test_info_reports_a_broken_library_and_goes_on(tmp_path, argv):
+    """A half-installed torch whose import raises something else than ImportError: its backend
+    is unusable, with the error in one line, and the others are reported as ever."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        'raise AttributeError("torch._C has no attribute _cuda_init: half-installed")\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PORTNN_BACKEND": "numpy"}
+    result = subprocess.run(
+        [sys.executable, "-m", "portnn", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    torch_row = next(line for line in lines if line.startswith("  torch "))
+    assert " no " in torch_row and "fails to import: AttributeError" in torch_row
+    note = "  torch: AttributeError: torch._C has no attribute _cuda_init: half-installed"
+    assert note in lines
+    numpy_row = next(line for line in lines if line.startswith("  numpy "))
+    assert " yes " in numpy_row
+    assert lines[-1].startswith("threads: ")
+
+
 def test_help_and_version(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "train" in out and "predict" in out
