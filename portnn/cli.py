@@ -292,11 +292,11 @@ def _parser() -> argparse.ArgumentParser:
         help="epochs between progress lines (default: a tenth of the epochs; 0: none)",
     )
     arg("--save", metavar="PATH", help="save the trained model (.npz) to PATH")
-    arg("--plot", metavar="PATH", help="plot loss, accuracy and lr to a PNG")
+    arg("--plot", metavar="PATH", help="plot loss, accuracy and lr to PATH (.png, .pdf, .svg...)")
     arg(
         "--plot-regions",
         metavar="PATH",
-        help="plot the decision regions (spiral, vertical) or sine's fit to a PNG",
+        help="plot the decision regions (spiral, vertical) or sine's fit to PATH (.png...)",
     )
     arg("--quiet", action="store_true", help="print only the final figures")
     shared(train, _cmd_train, small, data=True)

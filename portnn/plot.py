@@ -15,7 +15,7 @@ import numpy as np
 
 from .backend import to_numpy
 
-__all__ = ["plot_decision_regions", "plot_fit", "plot_history", "plot_regression"]
+__all__ = ["formats", "plot_decision_regions", "plot_fit", "plot_history", "plot_regression"]
 
 PathLike = str | os.PathLike
 
@@ -31,6 +31,15 @@ def _matplotlib() -> Any:
             "install it with: pip install 'portnn[plot]'"
         ) from exc
     return Figure, colors
+
+
+def formats() -> list[str]:
+    """The file formats matplotlib writes here, as the suffixes a figure's path may end in
+    (``png``, ``pdf``, ``svg``...); an ImportError where matplotlib is missing."""
+    _matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
 
 
 def _series(history: Mapping[str, Sequence], key: str) -> list | None:

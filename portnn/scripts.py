@@ -107,7 +107,8 @@ def check_output(path: str | os.PathLike[str] | None, option: str, *, figure: bo
     """Fail before a run, not after it, when the file ``option`` names (``--save PATH``)
     cannot be written at ``path``: a folder, a missing folder or one without write
     permission raise an OSError naming both; a ``figure`` needs matplotlib too (an
-    ImportError that says how to install it). None (the option not given) passes."""
+    ImportError that says how to install it) and a suffix naming a format it writes (else a
+    UsageError: ``--plot out.txt`` is a bad command line). None (the option not given) passes."""
     if path is None:
         return
     try:
@@ -115,9 +116,15 @@ def check_output(path: str | os.PathLike[str] | None, option: str, *, figure: bo
     except OSError as exc:
         raise type(exc)(f"{option}: {exc}") from exc
     if figure:
-        from .plot import _matplotlib
+        from .plot import formats
 
-        _matplotlib()
+        known = formats()
+        suffix = Path(path).suffix.lower().removeprefix(".")
+        if suffix not in known:  # matplotlib would refuse it, or append .png, after the run
+            raise UsageError(
+                f"{option} {path}: end the name in the format to draw, .png or one of "
+                f"{', '.join('.' + f for f in known if f != 'png')}"
+            )
 
 
 def example_parser(

@@ -352,6 +352,22 @@ def test_train_checks_its_outputs_before_loading_data(capsys, monkeypatch, tmp_p
     assert err.count("\n") == 1 and ".portnn-" not in err
 
 
+@pytest.mark.parametrize("name", ["out.txt", "out"])
+@pytest.mark.parametrize("option", ["--plot", "--plot-regions"])
+def test_a_figure_in_a_format_matplotlib_cannot_write_is_a_usage_error(
+    capsys, monkeypatch, tmp_path, option, name
+):
+    """Refused before the data is loaded: matplotlib refused out.txt after the run (the model
+    trained and saved), and wrote out.png for out."""
+    monkeypatch.setattr(portnn.cli, "_load_data", lambda *args: pytest.fail("data loaded"))
+    path = tmp_path / name
+    code, out, err = run(capsys, "train spiral --epochs 1 --save", tmp_path / "m.npz", option, path)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"portnn: error: {option} {path}: end the name in the format to draw")
+    assert ".png or one of " in err and ".pdf" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_predict_rejects_a_file_that_is_not_an_image(capsys, tmp_path, fashion_dir):
     model_path = tmp_path / "f.npz"
     argv = ["train", "fashion-mnist", "--epochs", "1", "--quiet"]

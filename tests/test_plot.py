@@ -11,6 +11,7 @@ pytest.importorskip("matplotlib")
 Image = pytest.importorskip("PIL.Image")
 
 from portnn.plot import (  # noqa: E402
+    formats,
     plot_decision_regions,
     plot_fit,
     plot_history,
@@ -196,3 +197,9 @@ def test_plot_fit_draws_the_figure_of_the_recipes_kind(backend, tmp_path, name, 
     path = tmp_path / "fit.png"
     assert plot_fit(model, X, y, path, regression=recipe.regression, title=name) == drawn
     assert_png(path)
+
+
+def test_formats_are_the_suffixes_matplotlib_writes():
+    known = formats()
+    assert {"png", "pdf", "svg"} <= set(known) and "txt" not in known
+    assert known == sorted(known)
