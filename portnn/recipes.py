@@ -261,18 +261,34 @@ def describe(model: Model, *, training: bool = False) -> str:
 def resume(
     path: str | os.PathLike[str],
     n_inputs: int,
+    n_outputs: int | None = None,
     *,
+    regression: bool | None = None,
     backend: str | None = None,
     data: str = "the data",
 ) -> Model:
     """The model saved at ``path`` with its optimizer's state, to train on where it stopped:
-    refused if it holds no optimizer or does not take ``n_inputs`` features (``data`` names
-    where they come from, in the message)."""
+    refused if it holds no optimizer, or does not fit the data: ``n_inputs`` features,
+    ``n_outputs`` outputs (the classes, or a regression's targets) and, where ``regression``
+    is given, that kind of task (``data`` names where they come from, in the messages)."""
     model = load_model(path, backend)
     if model.optimizer is None:
         raise ValueError(f"{path} holds no optimizer to resume; save it with model.save")
     if model.n_inputs != n_inputs:
         raise ValueError(f"{path} takes {model.n_inputs} features, but {data} has {n_inputs}")
+    kind = {True: "a regression", False: "a classification"}
+    saved = None if model.accuracy is None else isinstance(model.accuracy, RegressionAccuracy)
+    if regression is not None and saved is not None and saved != regression:
+        raise ValueError(
+            f"{path} is {kind[saved]} ({type(model.loss).__name__}), but {data} is "
+            f"{kind[regression]}; was it trained on another dataset?"
+        )
+    if n_outputs is not None and model.n_outputs != n_outputs:
+        each = "target" if regression else "class"
+        raise ValueError(
+            f"{path} gives {model.n_outputs} outputs, but {data} needs {n_outputs} (one per "
+            f"{each}); was it trained on another dataset?"
+        )
     return model
 
 
@@ -287,11 +303,15 @@ def build_for_command(
     """The model ``portnn train`` trains on the dataset ``name`` (``n_inputs`` features):
     ``build(name, n_inputs, **network)``, the options given (not None) taking the recipe's
     place; or, with ``saved`` (``--resume``), ``resume(saved, ...)``, whose saved network and
-    optimizer go on, so that none of ``network`` (the options ``--hidden``...) may be given."""
+    optimizer go on if they fit the recipe's outputs and kind of task, so that none of
+    ``network`` (the options ``--hidden``...) may be given."""
     given = {option: value for option, value in network.items() if value is not None}
     if saved is None:
         return get(name).build(n_inputs, **given)
     if given:
         options = ", ".join(f"--{option.replace('_', '-')}" for option in given)
         raise ValueError(f"--resume continues the saved network and optimizer; drop {options}")
-    return resume(saved, n_inputs, backend=backend, data=name)
+    recipe = get(name)
+    return resume(
+        saved, n_inputs, recipe.n_outputs, regression=recipe.regression, backend=backend, data=name
+    )

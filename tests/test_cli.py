@@ -648,6 +648,19 @@ def test_resume_continues_a_saved_run_as_if_never_stopped(tmp_path, capsys):
     assert "drop --hidden" in capsys.readouterr().err
 
 
+def test_resume_refuses_a_model_that_does_not_fit_the_dataset(capsys, tmp_path):
+    """Two features, as spiral has, but two classes: refused in one line, before training."""
+    model = pn.Model([pn.Dense(2, 2), pn.Softmax()])
+    model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam())
+    model.save(tmp_path / "two.npz")
+    code, out, err = run(capsys, "train spiral --epochs 1 --resume", tmp_path / "two.npz")
+    assert (code, out) == (1, "")
+    assert err == (
+        f"portnn: error: {tmp_path / 'two.npz'} gives 2 outputs, but spiral needs 3 (one per "
+        "class); was it trained on another dataset?\n"
+    )
+
+
 def test_plot_regions_of_sine_draws_the_fit(capsys, tmp_path):
     path = tmp_path / "fit.png"
     code, out, err = run(capsys, "train sine --epochs 20 --quiet --plot-regions", path)

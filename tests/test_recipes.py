@@ -1,6 +1,7 @@
 """portnn.recipes: the book's network per dataset, built on the selected backend."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -223,3 +224,43 @@ def test_resume_refuses_a_model_it_cannot_continue(backend, tmp_path):
         recipes.build_for_command("sine", 1, path)
     with pytest.raises(FileNotFoundError, match="nope.npz: no such model file"):
         recipes.resume(tmp_path / "nope.npz", 2)
+
+
+def _fitted(layers, loss):
+    model = pn.Model(layers)
+    model.set(loss=loss, optimizer=pn.Adam())
+    return model
+
+
+# A saved model that takes the dataset's features but does not fit it otherwise.
+MISFITS = {
+    "fewer classes": (
+        lambda: _fitted([pn.Dense(2, 2), pn.Softmax()], pn.CategoricalCrossentropy()),
+        "spiral",
+        "m.npz gives 2 outputs, but spiral needs 3 (one per class); was it trained on another",
+    ),
+    "regression on classes": (
+        lambda: _fitted([pn.Dense(2, 3), pn.Linear()], pn.MeanSquaredError()),
+        "vertical",
+        "m.npz is a regression (MeanSquaredError), but vertical is a classification; was it",
+    ),
+    "classifier on a regression": (
+        lambda: _fitted([pn.Dense(1, 1), pn.Sigmoid()], pn.BinaryCrossentropy()),
+        "sine",
+        "m.npz is a classification (BinaryCrossentropy), but sine is a regression; was it",
+    ),
+    "regression of two targets": (
+        lambda: _fitted([pn.Dense(1, 2), pn.Linear()], pn.MeanSquaredError()),
+        "sine",
+        "m.npz gives 2 outputs, but sine needs 1 (one per target); was it trained on",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MISFITS))
+def test_resume_refuses_a_model_that_does_not_fit_the_dataset(backend, tmp_path, case):
+    make, name, message = MISFITS[case]
+    model = make()
+    path = _saved(tmp_path, model)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        recipes.build_for_command(name, model.n_inputs, path)
