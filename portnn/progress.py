@@ -17,15 +17,18 @@ class ProgressBars:
 
     LONG_EPOCH = 100
 
-    def __init__(self, enabled: bool, epochs: int, steps: int, keep: bool = False) -> None:
+    def __init__(
+        self, enabled: bool, epochs: int, steps: int, keep: bool = False, first: int = 1
+    ) -> None:
         self.enabled, self.epochs, self.steps, self.keep = enabled, epochs, steps, keep
+        self.first = first  # the first epoch's number (a resumed run's count goes on)
         self.per_epoch = steps >= self.LONG_EPOCH
         self.interval, self._shown = 0.5, time.monotonic()
-        total = steps if self.per_epoch else epochs * steps
+        total = steps if self.per_epoch else (epochs - first + 1) * steps
         self.bar = tqdm(total=total, disable=not enabled, unit="batch", leave=keep)
 
     def start_epoch(self, epoch: int) -> None:
-        if self.per_epoch and epoch > 1 and self.enabled:
+        if self.per_epoch and epoch > self.first and self.enabled:
             self.bar.close()
             self.bar = tqdm(total=self.steps, unit="batch", leave=self.keep)
         self.bar.set_description(f"epoch {epoch}/{self.epochs}", refresh=False)
@@ -57,13 +60,14 @@ def number(value: float) -> str:
     return f"{value:.3e}" if value != 0 and abs(value) < 5e-4 else f"{value:.3f}"
 
 
-def book_line(v: dict) -> str:
-    """The book's progress line for one epoch's figures (and its validation line)."""
+def book_line(v: dict, validation_label: str = "validation") -> str:
+    """The book's progress line for one epoch's figures (and its validation line, named
+    ``validation_label``: the book's "validation", or "test" for a test split)."""
     line = (
         f"epoch: {v['epoch']}, acc: {v['accuracy']:.3f}, loss: {number(v['loss'])} "
         f"(data_loss: {number(v['data_loss'])}, reg_loss: {number(v['regularization_loss'])}), "
         f"lr: {v['learning_rate']:.10g}"
     )
     if v.get("val_loss") is not None:
-        line += f"\nvalidation, acc: {v['val_accuracy']:.3f}, loss: {number(v['val_loss'])}"
+        line += f"\n{validation_label}, acc: {v['val_accuracy']:.3f}, loss: {number(v['val_loss'])}"
     return line

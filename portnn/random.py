@@ -54,6 +54,13 @@ def _generator(backend: Backend) -> Any:
     return _device[key]
 
 
+def split_generator() -> np.random.Generator:
+    """A host generator for ``validation_split``'s random draws, made anew from the seed at
+    each call: one seed, one split (every rank of a distributed run draws the same one), and
+    the host stream of weights and data is left where it was."""
+    return np.random.default_rng(None if _seed is None else _seed + 2)
+
+
 def uniform(shape: tuple[int, ...], backend: Backend) -> Any:
     """Uniform numbers in [0, 1) of the backend's dtype, drawn on its device."""
     return backend.uniform(_generator(backend), shape)

@@ -21,13 +21,17 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
 
 from . import random
 from ._checks import integer, real
 from ._inputs import prepare
-from ._xp import all_finite, quiet_float_errors
+from ._xp import all_finite, array_namespace, quiet_float_errors
+from .backend import to_numpy
 from .callbacks import Callback
 from .progress import ProgressBars, book_line
 
@@ -65,6 +69,9 @@ def train(  # Model.train: ``self`` is the model, so help() and the API page sho
     sharded: bool = False,
     callbacks: Sequence[Callback] = (),
     validation_split: float = 0.0,
+    validation_split_mode: str = "last",
+    validation_label: str = "validation",
+    initial_epoch: int = 0,
     verbose: int | None = None,
 ) -> dict[str, list]:
     """Train for ``epochs`` passes over (X, y) in batches of ``batch_size`` (None: all).
@@ -88,9 +95,17 @@ def train(  # Model.train: ``self`` is the model, so help() and the API page sho
 
     As in Keras: ``callbacks`` (``portnn.callbacks``: EarlyStopping, ModelCheckpoint,
     ReduceLROnPlateau, LearningRateScheduler, HistoryLogger, or your own) see each
-    epoch's figures and may stop training; ``validation_split`` holds out that fraction
-    of the last samples as validation data; ``verbose`` 0 is silent, 1 shows a bar, 2
-    prints a line per epoch. ``progress="keep"`` leaves the bars on screen. Ctrl-C stops
+    epoch's figures and may stop training (under ``comm``, a stop on any rank stops every
+    rank after the same epoch); ``validation_split`` holds out that fraction of the
+    samples as validation data: by default the last ones, before any shuffling, as Keras
+    does (``validation_split_mode="last"``), or a random draw (``"shuffle"``) or a random
+    draw of that fraction of every class (``"stratified"``), both from portnn's seed; a
+    warning says when the held-out part has classes the training part lacks, or the other
+    way round (class-ordered data, such as ``pn.datasets.spiral``'s, with ``"last"``).
+    ``validation_label`` names the validation figures in the printed lines ("test" when
+    they come from a test split). ``initial_epoch`` resumes a count, as Keras' does: the
+    epochs run are ``initial_epoch + 1`` to ``epochs``. ``verbose`` 0 is silent, 1 shows a
+    bar, 2 prints a line per epoch. ``progress="keep"`` leaves the bars on screen. Ctrl-C stops
     before the next step, so the model holds whole steps, and raises KeyboardInterrupt
     with the ``history`` of the epochs that completed.
     """
@@ -108,6 +123,9 @@ def train(  # Model.train: ``self`` is the model, so help() and the API page sho
         sharded=sharded,
         callbacks=callbacks,
         validation_split=validation_split,
+        validation_split_mode=validation_split_mode,
+        validation_label=validation_label,
+        initial_epoch=initial_epoch,
         verbose=verbose,
     )
     return run.fit()
@@ -133,6 +151,9 @@ class Run:
         sharded: bool = False,
         callbacks: Sequence[Callback] = (),
         validation_split: float = 0.0,
+        validation_split_mode: str = "last",
+        validation_label: str = "validation",
+        initial_epoch: int = 0,
         verbose: int | None = None,
     ) -> None:
         self.model = model
@@ -142,40 +163,55 @@ class Run:
         self.interrupted = False  # Ctrl-C seen: stop at the next step's start
         self.last_epoch = 0
         print_every, progress = _verbosity(verbose, print_every, progress)
-        validation_data = _split(validation_split, validation_data)
+        validation_data = _split(validation_split, validation_split_mode, validation_data)
+        if not isinstance(validation_label, str) or not validation_label:
+            raise ValueError(f"validation_label must be a non-empty str, got {validation_label!r}")
+        self.validation_label = validation_label
+        # Callbacks see every epoch's figures: then every epoch is a logging point.
+        self.log_every_epoch = bool(self.callbacks)
+        setup = (X, y, epochs, initial_epoch, batch_size, print_every, validation_data)
         if comm is None:
-            self._setup(X, y, epochs, batch_size, print_every, validation_data)
+            self._setup(*setup)
         else:
             from .distributed import DataParallel
 
             self.dp = DataParallel(comm, model, sharded)
-            self.dp.together(
-                "checking the training arguments and data",
-                self._setup,
-                *(X, y, epochs, batch_size, print_every, validation_data),
-            )
+            self.dp.together("checking the training arguments and data", self._setup, *setup)
             self._distribute(batch_size, shuffle)
         self.shuffle = shuffle and len(self.batches) > 1
         self.is_main = self.dp is None or self.dp.is_root  # the one rank that prints and writes
         if progress is None:
             progress = bool(self.print_every) and sys.stderr.isatty() and "CI" not in os.environ
         self.progress = ProgressBars(
-            progress and self.is_main, self.epochs, len(self.batches), keep=progress == "keep"
+            progress and self.is_main,
+            self.epochs,
+            len(self.batches),
+            keep=progress == "keep",
+            first=self.initial_epoch + 1,
         )
         self.history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
         self.pending: list[dict] = []  # epochs since the last logging point, on the device
         self.last_good = (0, model.state_dict())  # (epoch, the state its loss vouched for)
 
-    def _setup(self, X, y, epochs, batch_size, print_every, validation_data) -> None:
+    def _setup(self, X, y, epochs, initial_epoch, batch_size, print_every, validation_data) -> None:
         """Check the arguments, move the data to the device, lay out the batches."""
         model = self.model
         model._require("loss", "optimizer")
         self.epochs = integer("epochs", epochs)
+        self.initial_epoch = integer("initial_epoch", initial_epoch, 0)
+        if self.initial_epoch >= self.epochs:
+            raise ValueError(
+                f"initial_epoch={self.initial_epoch} leaves no epoch to train: as in Keras, "
+                f"epochs is the number of the last epoch, so pass epochs > {self.initial_epoch} "
+                f"(epochs={self.initial_epoch + 1} trains one more)"
+            )
         batch_size = integer("batch_size", batch_size, allow_none=True)
         self.print_every = integer("print_every", print_every, 0, allow_none=True)
         self.X, self.y = prepare(model, X, y)
-        if isinstance(validation_data, float):  # validation_split: the last samples, held out
-            self.X, self.y, validation_data = _held_out(self.X, self.y, validation_data)
+        if isinstance(validation_data, _Split):  # validation_split: held out of (X, y)
+            self.X, self.y, validation_data = _held_out(
+                self.X, self.y, validation_data, model.backend
+            )
         self.val = None
         if validation_data is not None:
             self.val = (*prepare(model, *_pair(validation_data)), batch_size)
@@ -186,16 +222,20 @@ class Run:
         """Data-parallel: the ranks agree and take rank 0's state; this rank keeps its part of
         each batch and of the validation data, and logs when rank 0 does."""
         val = None if self.val is None else self.val[:2]
-        settings = {"epochs": self.epochs, "batch_size": batch_size, "shuffle": shuffle}
+        settings = {"epochs": self.epochs, "initial_epoch": self.initial_epoch}
+        settings |= {"batch_size": batch_size, "shuffle": shuffle}
         rank0 = self.dp.start(self.X, self.y, val, {**settings, "print_every": self.print_every})
         self.print_every = rank0["print_every"]  # logging points are collective
+        # So is a callback's stop: where any rank has callbacks, every rank logs each epoch and
+        # the ranks agree after it whether to stop (a stop on one rank alone would leave the
+        # others waiting in the next all-reduce).
+        self.log_every_epoch = self.dp.any(self.log_every_epoch)
         self.batches = self.dp.batches(self.X.shape[0], batch_size)
         if self.val is not None:
             self.val = (*self.dp.part(*val), batch_size)
 
     def fit(self) -> dict[str, list]:
-        # Callbacks see every epoch's figures: then every epoch is a logging point.
-        log_every = 1 if self.callbacks else self.print_every or self.epochs
+        log_every = 1 if self.log_every_epoch else self.print_every or self.epochs
         try:
             if self.dp is not None and self.print_every:
                 from .distributed import announce
@@ -203,7 +243,7 @@ class Run:
                 announce(self.dp.describe(), self.progress.write, self.dp.comm)
             with quiet_float_errors(self.X), _interrupts(self, enabled=self.dp is None):
                 self._call("on_train_begin")
-                for epoch in range(1, self.epochs + 1):
+                for epoch in range(self.initial_epoch + 1, self.epochs + 1):
                     self._call("on_epoch_begin", epoch)
                     self.pending.append(self._epoch(epoch))
                     if (
@@ -212,6 +252,8 @@ class Run:
                         or len(self.pending) >= MAX_PENDING
                     ):
                         self._flush()
+                    if self.dp is not None and self.log_every_epoch:
+                        self.stop_training = self.dp.any(self.stop_training)
                     if self.stop_training:
                         break
                 # No forward pass measures the last update: check its parameters themselves.
@@ -319,7 +361,7 @@ class Run:
             self.last_epoch = values["epoch"]
             every = self.print_every if self.is_main else 0
             if every and (values["epoch"] % every == 0 or values["epoch"] == self.epochs):
-                self.progress.write(book_line(values))
+                self.progress.write(book_line(values, self.validation_label))
             self.progress.show(values)
             self._call("on_epoch_end", values["epoch"], {k: values.get(k) for k in HISTORY_KEYS})
 
@@ -386,27 +428,106 @@ def _verbosity(
     return {0: (None, False), 1: (print_every, True), 2: (1, False)}[verbose]
 
 
-def _split(validation_split: float, validation_data: Any) -> Any:
-    """``validation_split`` as the marker ``_setup`` takes (a float), after its checks."""
+SPLIT_MODES = ("last", "shuffle", "stratified")
+
+
+class _Split(NamedTuple):
+    """``validation_split`` as ``_setup`` takes it, checked."""
+
+    fraction: float
+    mode: str
+
+
+def _split(validation_split: float, mode: str, validation_data: Any) -> Any:
+    """``validation_data``, or the ``_Split`` marker ``_setup`` holds out, after the checks."""
     fraction = real("validation_split", validation_split, 0.0, 1.0, high_open=True)
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"validation_split_mode must be one of {SPLIT_MODES}, got {mode!r}")
     if not fraction:
         return validation_data
     if validation_data is not None:
         raise ValueError("give validation_data or validation_split, not both")
-    return fraction
+    return _Split(fraction, mode)
 
 
-def _held_out(X: Any, y: Any, fraction: float) -> tuple[Any, Any, tuple[Any, Any]]:
-    """The last ``fraction`` of the samples as validation data (before any shuffling, as
-    Keras does), the rest for training."""
-    n = X.shape[0]
-    cut = n - int(round(n * fraction))
+def _held_out(X: Any, y: Any, split: _Split, backend: Any) -> tuple[Any, Any, tuple[Any, Any]]:
+    """``split.fraction`` of the samples as validation data, the rest for training: the last
+    samples (before any shuffling, as Keras does), a random draw, or a random draw of that
+    fraction of every class. Each part keeps the samples' order."""
+    n, fraction = X.shape[0], split.fraction
+    labels = _class_labels(to_numpy(y))  # once per call, on the host
+    if split.mode == "last":
+        held = np.arange(n - int(round(n * fraction)), n)
+    elif split.mode == "shuffle":
+        held = random.split_generator().permutation(n)[: int(round(n * fraction))]
+    else:
+        if labels is None:
+            raise ValueError(
+                "validation_split_mode='stratified' needs class labels (class indices, one-hot "
+                "or 0/1 rows); these targets are not: use 'shuffle'"
+            )
+        rng = random.split_generator()
+        held = np.concatenate(
+            [
+                rng.permutation(members)[: int(round(members.size * fraction))]
+                for members in (np.flatnonzero(labels == c) for c in np.unique(labels))
+            ]
+        )
+    keep = np.ones(n, bool)
+    keep[held] = False
+    cut = int(keep.sum())
     if not 0 < cut < n:
         raise ValueError(
             f"validation_split={fraction} leaves {cut} of {n} samples for training and "
             f"{n - cut} for validation; both need at least one"
         )
-    return X[:cut, ...], y[:cut, ...], (X[cut:, ...], y[cut:, ...])
+    if labels is not None:
+        _warn_if_classes_differ(labels[keep], labels[~keep], split)
+    if split.mode == "last":  # views, no copy
+        return X[:cut, ...], y[:cut, ...], (X[cut:, ...], y[cut:, ...])
+    xp = array_namespace(X)
+    train_rows, val_rows = (backend.asarray(np.flatnonzero(part)) for part in (keep, ~keep))
+
+    def rows(a: Any, which: Any) -> Any:
+        return xp.take(a, which, axis=0)
+
+    return rows(X, train_rows), rows(y, train_rows), (rows(X, val_rows), rows(y, val_rows))
+
+
+def _class_labels(y: np.ndarray) -> np.ndarray | None:
+    """One class per sample from classification targets (indices, one-hot rows, 0/1 rows:
+    each distinct row a class), or None for other targets (a regression's)."""
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
+        return y
+    if y.ndim != 2 or not np.isin(y, (0, 1)).all():
+        return None
+    if y.shape[1] > 1 and (y.sum(axis=1) == 1).all():
+        return y.argmax(axis=1)
+    return np.unique(y, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _warn_if_classes_differ(train: np.ndarray, held: np.ndarray, split: _Split) -> None:
+    only_held = sorted(set(held.tolist()) - set(train.tolist()))
+    only_train = sorted(set(train.tolist()) - set(held.tolist()))
+    if not (only_held or only_train):
+        return
+    problems = []
+    if only_held:
+        problems.append(f"the validation part has classes the training part lacks {only_held}")
+    if only_train:
+        problems.append(f"the training part has classes the validation part lacks {only_train}")
+    how = {"last": "the last samples", "shuffle": "a random draw", "stratified": "every class"}
+    advice = (
+        " (the data looks ordered by class): pass validation_split_mode='stratified', or "
+        "shuffle the data first"
+        if split.mode == "last"
+        else ": too few samples of those classes to hold some out"
+    )
+    warnings.warn(
+        f"validation_split={split.fraction} ({how[split.mode]}): {' and '.join(problems)}{advice}",
+        UserWarning,
+        stacklevel=6,
+    )
 
 
 def batches(n: int, batch_size: int | None) -> list[slice]:

@@ -203,7 +203,12 @@ SHARDED = [
     case(sharded=True, shuffle=False, batch_size=30, optimizer="adam", l2=5e-4),
     case(backend=BACKENDS[-1], sharded=True, shuffle=False, batch_size=32, optimizer="momentum"),
     case(sharded=True, batch_size=32, optimizer="adam"),  # shuffled: each rank its own order
+    # Remainders: 41 rows a rank in 5 steps of 8 or 9 rows; shards of 33, 33 and 34 rows in 7
+    # steps of 4 or 5 (with a last global batch of 4 rows).
+    case(sharded=True, shuffle=False, samples=41, batch_size=25, optimizer="momentum"),
+    case(sharded=True, shuffle=False, loss="mse", samples=100, batch_size=16, optimizer="sgd"),
 ]
+SHARDED_EXACT = [i for i, c in enumerate(SHARDED) if not c["shuffle"]]
 
 
 def sharded_reference(c: dict, size: int) -> pn.Model:
@@ -220,7 +225,8 @@ def sharded_reference(c: dict, size: int) -> pn.Model:
         for k in range(steps):
             rows = np.concatenate([s[chunks(len(s), steps, k)] for s in shards])
             output = model.forward(b.asarray(X[rows]), training=True)
-            model.backward(output, b.asarray(y[rows].astype(np.int64)))
+            targets = y[rows] if c["loss"] == "mse" else y[rows].astype(np.int64)
+            model.backward(output, b.asarray(targets))
             model.optimizer.step(model.trainable_layers)
     return model
 
@@ -228,7 +234,8 @@ def sharded_reference(c: dict, size: int) -> pn.Model:
 @needs_mpi
 def test_sharded_data(tmp_path):
     ok(mpirun(3, "sharded", tmp_path, SHARDED))
-    for i, c in enumerate(SHARDED[:2]):
+    for i in SHARDED_EXACT:
+        c = SHARDED[i]
         model = sharded_reference(c, 3)
         with np.load(tmp_path / f"case{i}.npz") as got:
             for j, expected in enumerate(parameters(model)):
@@ -271,6 +278,16 @@ def test_save_of_a_distributed_run_loads_in_one_process(tmp_path):
 
 
 # --- faults: every rank stops, with a message, within seconds ---------------------------------
+@needs_mpi
+def test_a_stop_on_one_rank_stops_every_rank_after_the_same_epoch(tmp_path):
+    done = mpirun(2, "stop-one-rank", tmp_path, timeout=60)  # it hung before: a timeout
+    ok(done)
+    for rank in (0, 1):
+        for stopper, others in ((1, 1), (1, 0), (0, 0)):
+            line = f"rank {rank} stopper {stopper} others {others}: epochs [1, 2], iterations 8"
+            assert f"{line}, same True" in done.stdout, done.output
+
+
 @needs_mpi
 def test_a_rank_raising_in_a_step_stops_every_rank(tmp_path):
     done = mpirun(2, "fail-step", tmp_path, timeout=60)

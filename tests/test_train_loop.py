@@ -9,6 +9,9 @@ tolerance separates a right loop from a wrong one."""
 
 from __future__ import annotations
 
+import math
+import signal
+
 import numpy as np
 import pytest
 from helpers import assert_parameters_equal, host, host_parameters, numeric_grad
@@ -303,3 +306,230 @@ def test_an_sgd_step_follows_the_finite_difference_gradient(
     model.train(X, y, epochs=1, print_every=None)  # one full-batch step
     want = [(w - 0.1 * gw, b - 0.1 * gb) for (w, b), (gw, gb) in zip(start, gradient, strict=True)]
     assert_parameters_equal(host_parameters(model), want, rtol=1e-7, atol=1e-9)
+
+
+# --- validation_split: which samples are held out --------------------------------------------
+
+
+class Seen(pn.callbacks.Callback):
+    """Keeps the run's training and validation data, as the loop holds them."""
+
+    def on_train_begin(self, run):
+        self.X, self.y = host(run.X), host(run.y)
+        self.X_val, self.y_val = host(run.val[0]), host(run.val[1])
+
+
+def _classifier(seed=0):
+    pn.seed(seed)
+    model = pn.Model([pn.Dense(2, 8), pn.ReLU(), pn.Dense(8, 3), pn.Softmax()])
+    return model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(0.01))
+
+
+def _rows(X):
+    return sorted(map(tuple, X.tolist()))
+
+
+@pytest.mark.parametrize(
+    ("mode", "held_per_class"),
+    [("shuffle", None), ("stratified", {0: 5, 1: 5, 2: 5})],
+)
+def test_validation_split_draws_its_rows_from_the_seed(backend64, mode, held_per_class):
+    pn.seed(3)
+    X, y = pn.datasets.spiral(25, 3)  # ordered by class: 25 of 0, then 1, then 2
+    X = X + np.arange(len(X))[:, None] * 1e-6  # each class starts at (0, 0): rows made unique
+
+    def split(seed):
+        seen, model = Seen(), _classifier()
+        pn.seed(seed)  # the split's seed: after the model's, which draws its weights
+        model.train(
+            X,
+            y,
+            validation_split=0.2,
+            validation_split_mode=mode,
+            print_every=None,
+            callbacks=[seen],
+        )
+        return seen
+
+    seen = split(3)
+    assert len(seen.y_val) == 15 and len(seen.y) == 60
+    # A partition of the samples, each kept with its target and in its original order.
+    assert _rows(np.r_[seen.X, seen.X_val]) == _rows(X)
+    index = {row: i for i, row in enumerate(map(tuple, X.tolist()))}
+    for part_X, part_y in ((seen.X, seen.y), (seen.X_val, seen.y_val)):
+        where = [index[row] for row in map(tuple, part_X.tolist())]
+        assert where == sorted(where)
+        np.testing.assert_array_equal(part_y, y[where])
+    counts = {c: int((seen.y_val == c).sum()) for c in range(3)}
+    if held_per_class is not None:
+        assert counts == held_per_class
+    assert seen.y_val.tolist() != y[-15:].tolist()  # not the last rows
+    # One seed, one split; another seed, another.
+    np.testing.assert_array_equal(split(3).X_val, seen.X_val)
+    assert _rows(split(4).X_val) != _rows(seen.X_val)
+
+
+def test_a_last_samples_split_of_class_ordered_data_warns(backend64):
+    pn.seed(3)
+    X, y = pn.datasets.spiral(20, 3)
+    with pytest.warns(
+        UserWarning,
+        match=r"training part has classes the validation part lacks "
+        r"\[0, 1\].*validation_split_mode='stratified'",
+    ):
+        _classifier().train(X, y, validation_split=0.2, print_every=None)
+    # Held-out classes the training part lacks: the first samples last.
+    with pytest.warns(
+        UserWarning,
+        match=r"validation part has classes the training part lacks "
+        r"\[0\]",
+    ):
+        _classifier().train(X[::-1], y[::-1], validation_split=0.4, print_every=None)
+    # Classes on both sides: no warning (warnings are errors in this suite).
+    _classifier().train(
+        X, y, validation_split=0.2, validation_split_mode="stratified", print_every=None
+    )
+    mixed = np.random.RandomState(0).permutation(len(y))
+    _classifier().train(X[mixed], y[mixed], validation_split=0.2, print_every=None)
+    # One-hot targets are classes too.
+    with pytest.warns(UserWarning, match="lacks"):
+        _classifier().train(X, np.eye(3)[y], validation_split=0.2, print_every=None)
+
+
+def test_a_regression_split_never_warns_and_cannot_be_stratified(backend64):
+    X, y = regression_data(20)
+    model = pn.Model([pn.Dense(2, 1), pn.Linear()]).set(
+        loss=pn.MeanSquaredError(), optimizer=pn.SGD(0.1)
+    )
+    before = host_parameters(model)
+    model.train(X, y, validation_split=0.25, print_every=None, shuffle=False)
+    after = host_parameters(model)
+    for mode, match in (("stratified", "needs class labels.*'shuffle'"), ("random", "one of")):
+        with pytest.raises(ValueError, match=match):
+            model.train(X, y, validation_split=0.25, validation_split_mode=mode)
+    assert_parameters_equal(host_parameters(model), after)
+    assert not np.array_equal(before[0][0], after[0][0])
+
+
+# --- initial_epoch and the validation line's name ----------------------------------------------
+
+
+def test_initial_epoch_continues_the_count_as_keras_does(backend64, capsys):
+    X, y = pn.datasets.spiral(10, 3)
+    seen = []
+
+    class Epochs(pn.callbacks.Callback):
+        def on_epoch_begin(self, run, epoch):
+            seen.append(epoch)
+
+    model, reference = _classifier(), _classifier()
+    reference.train(X, y, epochs=5, batch_size=10, print_every=None, shuffle=False)
+    model.train(X, y, epochs=3, batch_size=10, print_every=None, shuffle=False)
+    capsys.readouterr()
+    history = model.train(
+        X,
+        y,
+        epochs=5,
+        initial_epoch=3,
+        batch_size=10,
+        print_every=2,
+        shuffle=False,
+        callbacks=[Epochs()],
+    )
+    assert history["epoch"] == [4, 5] and seen == [4, 5]
+    lines = [line.split(",")[0] for line in capsys.readouterr().out.splitlines()]
+    assert lines == ["epoch: 4", "epoch: 5"]  # every 2nd epoch, and the last
+    assert model.optimizer.iterations == reference.optimizer.iterations == 5 * 3
+    assert_parameters_equal(host_parameters(model), host_parameters(reference), **TIGHT)
+    for initial, epochs in ((5, 5), (6, 5)):
+        with pytest.raises(ValueError, match="initial_epoch.*leaves no epoch"):
+            model.train(X, y, epochs=epochs, initial_epoch=initial)
+    with pytest.raises(ValueError, match="initial_epoch"):
+        model.train(X, y, epochs=5, initial_epoch=-1)
+    assert model.optimizer.iterations == 15
+
+
+def test_the_validation_line_takes_its_name(backend64, capsys):
+    X, y = pn.datasets.spiral(10, 3)
+    _classifier().train(X, y, epochs=2, validation_data=(X, y), print_every=1)
+    out = capsys.readouterr().out
+    assert out.count("\nvalidation, acc: ") == 2 and "test, acc" not in out
+    _classifier().train(X, y, epochs=2, validation_data=(X, y), validation_label="test")
+    out = capsys.readouterr().out
+    assert out.count("\ntest, acc: ") == 2 and "validation" not in out
+    with pytest.raises(ValueError, match="validation_label"):
+        _classifier().train(X, y, validation_label="")
+
+
+# --- the loop's edges ---------------------------------------------------------------------------
+
+
+class Poisoning(pn.SGD):
+    """SGD whose ``at``-th step leaves one element of one parameter infinite."""
+
+    def __init__(self, at, layer, name):
+        super().__init__(0.1)
+        self.at, self.layer, self.name = at, layer, name
+
+    def post_update_params(self):
+        super().post_update_params()
+        if self.iterations == self.at:
+            layer = self.layer
+            value = getattr(layer, self.name)
+            xp = pn.get_backend().xp
+            first = xp.reshape(xp.arange(math.prod(value.shape)), value.shape) == 0
+            setattr(layer, self.name, xp.where(first, xp.asarray(np.inf), value))
+
+
+@pytest.mark.parametrize("name", ["weights", "biases"])
+def test_one_parameter_going_infinite_in_the_last_update_is_caught(backend64, name):
+    X, y = regression_data(12)
+    pn.seed(0)
+    layers = [pn.Dense(2, 4), pn.ReLU(), pn.Dense(4, 1), pn.Linear()]
+    model = pn.Model(layers).set(
+        loss=pn.MeanSquaredError(), optimizer=Poisoning(6, layers[2], name)
+    )
+    with pytest.raises(FloatingPointError, match="update of epoch 2 made parameters NaN or inf"):
+        model.train(X, y, epochs=2, batch_size=4, shuffle=False, print_every=None)
+    # Back to the start of epoch 2, the state its finite loss vouched for.
+    assert model.optimizer.iterations == 3
+    pn.seed(0)
+    reference = pn.Model([pn.Dense(2, 4), pn.ReLU(), pn.Dense(4, 1), pn.Linear()])
+    reference.set(loss=pn.MeanSquaredError(), optimizer=pn.SGD(0.1))
+    reference.train(X, y, epochs=1, batch_size=4, shuffle=False, print_every=None)
+    assert_parameters_equal(host_parameters(model), host_parameters(reference), **TIGHT)
+
+
+class InterruptAt(pn.ReLU):
+    """A ReLU that raises SIGINT in its ``at``-th training forward pass, as if Ctrl-C came."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, inputs, training=False):
+        if training:
+            self.calls += 1
+            if self.calls == self.at:
+                signal.raise_signal(signal.SIGINT)
+        return super().forward(inputs, training)
+
+
+@pytest.mark.parametrize("print_every", [None, 1, 5])
+def test_ctrl_c_without_callbacks_keeps_the_completed_epochs_history(backend64, print_every):
+    X, y = regression_data(12)
+    pn.seed(0)
+    model = pn.Model([pn.Dense(2, 4), InterruptAt(8), pn.Dense(4, 1), pn.Linear()])
+    model.set(loss=pn.MeanSquaredError(), optimizer=pn.SGD(0.1))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as nohup may not
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            model.train(X, y, epochs=10, batch_size=4, shuffle=False, print_every=print_every)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # Ctrl-C came in epoch 3's second forward pass: that step completes, the next never
+    # starts, and the history holds the two whole epochs.
+    history = caught.value.history
+    assert history["epoch"] == [1, 2]
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    assert model.optimizer.iterations == 2 * 3 + 2

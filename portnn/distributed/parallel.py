@@ -142,6 +142,12 @@ class DataParallel:
             total, count = buffer[2 * i], buffer[2 * i + 1]
             record[key] = float(total / count) if count else math.nan
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank: one all-reduce of one number."""
+        buffer = np.array([1.0 if flag else 0.0])
+        self.comm.allreduce(buffer)
+        return bool(buffer[0] > 0)
+
     def describe(self) -> str:
         return describe(self.model, self.comm, self.batch_size, self.sharded, self.optimizer)
 

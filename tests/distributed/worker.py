@@ -2,7 +2,7 @@
 
 Modes: ``train`` (the cases in JSON; rank 0 saves each run's parameters and history to OUT),
 ``book`` (the book's three-call loop with DistributedOptimizer), ``sharded``, ``save``,
-``print``, and the faults: ``fail-step``, ``fail-step-caught``, ``fail-outside``,
+``print``, ``stop-one-rank``, and the faults: ``fail-step``, ``fail-step-caught``, ``fail-outside``,
 ``disagree``, ``bad-shard``, ``report``. The training modes check that every rank ends with
 the same parameters.
 """
@@ -158,6 +158,35 @@ def planted_model(comm) -> tuple[pn.Model, np.ndarray, np.ndarray]:
     model = pn.Model([pn.Dense(2, 16), Planted(), pn.Dense(16, 3), pn.Softmax()])
     model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(learning_rate=0.02))
     return model, X, y
+
+
+class StopOn(pn.callbacks.Callback):
+    """Stops training after epoch ``epoch`` on one rank only (a wall-clock budget, a signal
+    file: anything that differs by rank)."""
+
+    def __init__(self, rank: int, epoch: int) -> None:
+        self.rank, self.epoch = rank, epoch
+
+    def on_epoch_end(self, run, epoch, logs):
+        if run.dp.comm.rank == self.rank and epoch == self.epoch:
+            run.stop_training = True
+
+
+def mode_stop_one_rank(comm, out: Path, cases: list[dict]) -> None:
+    """A stop decided on one rank stops every rank after the same epoch, whether the other
+    ranks have callbacks or none."""
+    for stopper, others in ((1, [pn.callbacks.Callback()]), (1, []), (0, [])):
+        callbacks = [StopOn(stopper, 2)] if comm.rank == stopper else others
+        X, y = data(cases[0])
+        model = build(cases[0])
+        history = model.train(
+            X, y, epochs=6, batch_size=32, print_every=0, comm=comm, callbacks=callbacks
+        )
+        same = same_everywhere(comm, model)
+        print(
+            f"rank {comm.rank} stopper {stopper} others {len(others)}: epochs "
+            f"{history['epoch']}, iterations {model.optimizer.iterations}, same {same}"
+        )
 
 
 def mode_fail_step(comm, out: Path, cases: list[dict]) -> None:
