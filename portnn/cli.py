@@ -132,7 +132,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not root:
         return 0
     if args.plot:
-        plot.plot_history(history, args.plot, title=f"portnn train {args.dataset}")
+        title = f"portnn train {args.dataset}"
+        plot.plot_history(history, args.plot, title=title, validation_label="test")
         print(f"saved the training plot to {args.plot}")
     if args.plot_regions:  # sine's fit, or the decision regions of spiral or vertical
         drawn = plot.plot_fit(

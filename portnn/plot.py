@@ -49,13 +49,20 @@ def _series(history: Mapping[str, Sequence], key: str) -> list | None:
     return [np.nan if v is None else float(v) for v in values]
 
 
-def plot_history(history: Mapping[str, Sequence], path: PathLike, *, title: str = "") -> PathLike:
+def plot_history(
+    history: Mapping[str, Sequence],
+    path: PathLike,
+    *,
+    title: str = "",
+    validation_label: str = "validation",
+) -> PathLike:
     """Loss, accuracy and learning rate per epoch (validation where present), side by side.
 
     ``history`` is what ``Model.train`` returns (per-epoch lists under ``HISTORY_KEYS``), or any
     mapping with some of ``loss``, ``accuracy``, ``learning_rate``, ``val_loss``,
-    ``val_accuracy`` and optionally ``epoch``. Writes an image (PNG unless ``path`` names
-    another format) and returns ``path``.
+    ``val_accuracy`` and optionally ``epoch`` (the x axis; else 1, 2...). The validation
+    curves are labelled ``validation_label`` ("test" for a test split). Writes an image (PNG
+    unless ``path`` names another format) and returns ``path``.
     """
     panels = [
         (name, [(label, s) for label, s in lines if s is not None])
@@ -64,14 +71,14 @@ def plot_history(history: Mapping[str, Sequence], path: PathLike, *, title: str 
                 "loss",
                 [
                     ("training", _series(history, "loss")),
-                    ("validation", _series(history, "val_loss")),
+                    (validation_label, _series(history, "val_loss")),
                 ],
             ),
             (
                 "accuracy",
                 [
                     ("training", _series(history, "accuracy")),
-                    ("validation", _series(history, "val_accuracy")),
+                    (validation_label, _series(history, "val_accuracy")),
                 ],
             ),
             ("learning rate", [("learning rate", _series(history, "learning_rate"))]),

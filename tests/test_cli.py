@@ -648,6 +648,25 @@ def test_resume_continues_a_saved_run_as_if_never_stopped(tmp_path, capsys):
     assert "drop --hidden" in capsys.readouterr().err
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the command saves, for looking inside them (files still written)."""
+    Figure = pytest.importorskip("matplotlib.figure").Figure
+    figures, save = [], Figure.savefig
+    monkeypatch.setattr(
+        Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), save(fig, *a, **k))[1]
+    )
+    return figures
+
+
+def test_plot_names_the_test_split(capsys, tmp_path, drawn):
+    code, _, err = run(capsys, "train vertical --epochs 3 --quiet --plot", tmp_path / "h.png")
+    assert code == 0, err
+    loss, accuracy, _ = drawn[0].axes
+    for ax in (loss, accuracy):
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training", "test"]
+
+
 def test_resume_refuses_a_model_that_does_not_fit_the_dataset(capsys, tmp_path):
     """Two features, as spiral has, but two classes: refused in one line, before training."""
     model = pn.Model([pn.Dense(2, 2), pn.Softmax()])

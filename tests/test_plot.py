@@ -56,6 +56,20 @@ def test_history_with_validation(backend, tmp_path):
     assert width > 2 * height  # three panels side by side
 
 
+@pytest.mark.parametrize("label", [None, "test"])
+def test_history_labels_the_validation_curves(tmp_path, drawn, label):
+    history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.3, 0.6]}
+    history |= {"val_accuracy": [0.2, 0.5], "epoch": [201, 202]}
+    options = {} if label is None else {"validation_label": label}
+    plot_history(history, tmp_path / "h.png", **options)
+    for ax in drawn[0].axes:
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "training",
+            label or "validation",
+        ]
+        assert [list(line.get_xdata()) for line in ax.get_lines()] == [[201, 202]] * 2
+
+
 def test_history_without_validation_or_epochs(tmp_path):
     history = {"loss": [1.0, 0.5, 0.25], "accuracy": [0.3, 0.6, 0.9]}
     path = str(tmp_path / "partial.png")
