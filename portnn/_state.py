@@ -8,8 +8,11 @@ so a bad dict changes nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from ._npz import short
 
 if TYPE_CHECKING:
     from .layers import Layer
@@ -17,6 +20,8 @@ if TYPE_CHECKING:
 
 # The optimizer's numbers, stored beside its per-parameter arrays.
 _SCALARS = ("iterations", "current_learning_rate")
+_PREFIXES = ("layers/", "optimizer/")
+_INDEX = re.compile(r"0|[1-9][0-9]*")  # a layer index as state_dict writes it: "3", not "03"
 
 
 def state_dict(model: Model) -> dict[str, Any]:
@@ -35,24 +40,80 @@ def state_dict(model: Model) -> dict[str, Any]:
 
 def load_state_dict(model: Model, state: dict[str, Any]) -> None:
     """``Model.load_state_dict``: check the parameters and the optimizer's state, then set."""
-    moved = _checked(model, {k: v for k, v in state.items() if k.startswith("layers/")})
-    opt_keys = {k for k in state if k.startswith("optimizer/")}
-    if opt_keys and model.optimizer is None:
-        raise ValueError("the state holds optimizer state but the model has no optimizer")
-    if opt_keys:
-        nested: dict[int, dict[str, dict[str, Any]]] = {}
-        for key in opt_keys - {f"optimizer/{scalar}" for scalar in _SCALARS}:
-            _, i, name, field = key.split("/")
-            nested.setdefault(int(i), {}).setdefault(name, {})[field] = state[key]
-        model.optimizer.load_state_dict(
-            {
-                "iterations": state["optimizer/iterations"],
-                "current_learning_rate": state["optimizer/current_learning_rate"],
-                "state": nested,
-            },
-            model.layers,
+    misplaced = [k for k in state if not (isinstance(k, str) and k.startswith(_PREFIXES))]
+    if misplaced:
+        raise ValueError(
+            f"the state dict holds {short(misplaced)}, neither parameters (layers/<i>/<name>) "
+            "nor optimizer state (optimizer/...); pass only the keys model.state_dict() gives"
         )
+    moved = _checked(model, {k: v for k, v in state.items() if k.startswith("layers/")})
+    opt_keys = sorted(k for k in state if k.startswith("optimizer/"))
+    if opt_keys:
+        opt_state = _optimizer_state(model, state, opt_keys)
+        model.optimizer.load_state_dict(opt_state, model.layers)
     _set(moved)
+
+
+def _optimizer_state(model: Model, state: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The ``optimizer/...`` entries of a flat state dict, checked against the model and its
+    optimizer, as ``Optimizer.load_state_dict`` takes them."""
+    opt = model.optimizer
+    if opt is None:
+        raise ValueError(
+            f"the state dict holds optimizer state ({short(keys)}) but the model has no "
+            "optimizer; set one first with model.set(optimizer=...), or leave out the "
+            "optimizer/ keys"
+        )
+    for scalar in _SCALARS:
+        if f"optimizer/{scalar}" not in state:
+            raise ValueError(
+                f"the state dict holds optimizer state but no optimizer/{scalar}; give "
+                "optimizer/iterations and optimizer/current_learning_rate with it, as "
+                "model.state_dict() does"
+            )
+    fields = opt.State._fields if opt.State is not None else ()
+    nested: dict[int, dict[str, dict[str, Any]]] = {}
+    for key in keys:
+        if key.removeprefix("optimizer/") in _SCALARS:
+            continue
+        parts = key.split("/")
+        if len(parts) != 4:
+            raise ValueError(
+                f"state dict key {short(key)} is not optimizer/<i>/<name>/<field>, "
+                "optimizer/iterations or optimizer/current_learning_rate"
+            )
+        _, i, name, field = parts
+        if not _INDEX.fullmatch(i) or int(i) >= len(model.layers):
+            raise ValueError(
+                f"state dict key {short(key)}: {short(i)} is not the index of one of the "
+                f"model's {len(model.layers)} layers (0 to {len(model.layers) - 1})"
+            )
+        layer = model.layers[int(i)]
+        if name not in layer.param_names:
+            raise ValueError(
+                f"state dict key {short(key)}: layer {i} ({layer!r}) has no parameter "
+                f"{short(name)} (its parameters: {list(layer.param_names)})"
+            )
+        if field not in fields:
+            raise ValueError(
+                f"state dict key {short(key)}: {type(opt).__name__} keeps no {short(field)} "
+                f"state (its fields: {', '.join(fields) or 'none'})"
+            )
+        nested.setdefault(int(i), {}).setdefault(name, {})[field] = state[key]
+    for i, by_param in nested.items():
+        for name, given in by_param.items():
+            missing = [f"optimizer/{i}/{name}/{f}" for f in fields if f not in given]
+            if missing:
+                raise ValueError(
+                    f"the state dict holds optimizer/{i}/{name}/{next(iter(given))} but not "
+                    f"{missing}; {type(opt).__name__} needs all its fields {list(fields)} for "
+                    "each parameter"
+                )
+    return {
+        "iterations": state["optimizer/iterations"],
+        "current_learning_rate": state["optimizer/current_learning_rate"],
+        "state": nested,
+    }
 
 
 def assign(model: Model, params: dict[str, Any]) -> None:
@@ -95,7 +156,10 @@ def _checked(model: Model, params: dict[str, Any]) -> dict[tuple[Layer, str], An
             sorted(set(expected) - set(params)),
             sorted(set(params) - set(expected)),
         )
-        raise ValueError(f"parameters do not fit the model: missing {missing}, extra {extra}")
+        raise ValueError(
+            f"parameters do not fit the model: missing {short(missing)}, extra {short(extra)}; "
+            "give exactly the model's layers/<i>/<name> keys, as its state_dict() does"
+        )
     b = model.backend
     moved = {}
     for key, (layer, name) in expected.items():

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from ._checks import integer, real, short_repr
+from ._npz import short
 from ._xp import adam_update, array_namespace
 from .backend import Backend, backend_of, to_backend
 from .layers import Layer
@@ -112,6 +113,7 @@ class Optimizer:
         layers already updated, in that order). NumPy arrays or this backend's; everything is
         checked first, so a bad dict changes nothing."""
         order = list(self.state) if layers is None else list(layers)
+        _check_keys(state_dict)
         iterations = integer("iterations", state_dict["iterations"], 0)
         rate = real(
             "current_learning_rate", state_dict["current_learning_rate"], 0.0, low_open=True
@@ -119,12 +121,19 @@ class Optimizer:
         fields = set(self.State._fields) if self.State is not None else set()
         new: dict[Layer, dict[str, NamedTuple]] = {}
         for i, by_param in state_dict.get("state", {}).items():
-            if not isinstance(i, int) or not 0 <= i < len(order):
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(order):
                 raise ValueError(
                     f"optimizer state for layer {i!r}, but {len(order)} layers to put it on; "
                     "pass the layers it belongs to: load_state_dict(d, layers=model.layers)"
                 )
             layer = order[i]
+            if not isinstance(by_param, dict) or not all(
+                isinstance(v, dict) for v in by_param.values()
+            ):
+                raise ValueError(
+                    f"optimizer state for layer {i} must map parameter names to dicts of "
+                    f"fields, as state_dict() gives; got {_kinds(by_param)}"
+                )
             for name, values in by_param.items():
                 if name not in layer.param_names or set(values) != fields:
                     raise ValueError(
@@ -156,6 +165,34 @@ class Optimizer:
 
     def __repr__(self) -> str:
         return short_repr(self)
+
+
+def _check_keys(state_dict: Any) -> None:
+    """``state_dict`` has the keys ``Optimizer.state_dict`` gives, or a ValueError naming the
+    odd ones."""
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"an optimizer state dict is a dict, got {_kinds(state_dict)}")
+    missing = sorted({"iterations", "current_learning_rate"} - set(state_dict))
+    unknown = sorted(map(str, set(state_dict) - {"iterations", "current_learning_rate", "state"}))
+    if missing or unknown:
+        flat = any(k.startswith(("layers/", "optimizer/")) for k in unknown)
+        hint = "; a model's flat state dict goes to model.load_state_dict(d)" if flat else ""
+        raise ValueError(
+            f"an optimizer state dict holds iterations, current_learning_rate and state, as "
+            f"opt.state_dict() gives; missing {missing}, unknown {short(unknown)}{hint}"
+        )
+    if not isinstance(state_dict.get("state", {}), dict):
+        raise ValueError(
+            f"optimizer state must map layer indices to dicts, got {_kinds(state_dict['state'])}"
+        )
+
+
+def _kinds(value: Any) -> str:
+    """What ``value`` is, for an error: a dict by its values' types (arrays would print over
+    many lines)."""
+    if isinstance(value, dict):
+        return short({k: type(v).__name__ for k, v in value.items()})
+    return f"a {type(value).__name__}"
 
 
 class SGDState(NamedTuple):

@@ -543,6 +543,217 @@ def test_set_parameters_with_wrong_shapes_raises_and_changes_nothing(backend, ba
     assert_parameters_equal(host_parameters(model), before_host)
 
 
+# --- state dicts ------------------------------------------------------------------------------
+
+
+def _other_values(model):
+    """``model.state_dict()`` as host copies with every number changed, so that a load that
+    set anything before it refused would show."""
+    state = {k: host(v) + 1 if hasattr(v, "shape") else v for k, v in model.state_dict().items()}
+    state["optimizer/iterations"] += 7
+    state["optimizer/current_learning_rate"] /= 2
+    return state
+
+
+def _add(key, like):
+    return lambda state: state.update({key: state[like]})
+
+
+def _move(old, new):
+    return lambda state: state.update({new: state.pop(old)})
+
+
+# (how a good state dict of the 2-8-3 Adam classifier is spoilt, what the error says)
+BAD_STATE_DICTS = {
+    "no optimizer/iterations": (
+        lambda s: s.pop("optimizer/iterations"),
+        r"optimizer state but no optimizer/iterations; give optimizer/iterations and",
+    ),
+    "no optimizer/current_learning_rate": (
+        lambda s: s.pop("optimizer/current_learning_rate"),
+        "optimizer state but no optimizer/current_learning_rate; give",
+    ),
+    "an optimizer key of 3 parts": (
+        _add("optimizer/0/weights", "optimizer/0/weights/cache"),
+        r"key 'optimizer/0/weights' is not optimizer/<i>/<name>/<field>",
+    ),
+    "an optimizer key of 5 parts": (
+        _add("optimizer/0/weights/cache/old", "optimizer/0/weights/cache"),
+        r"key 'optimizer/0/weights/cache/old' is not optimizer/<i>/<name>/<field>",
+    ),
+    "a layer index that is not an integer": (
+        _move("optimizer/2/weights/cache", "optimizer/two/weights/cache"),
+        r"'optimizer/two/weights/cache': 'two' is not the index of one of the model's 4 layers",
+    ),
+    "a layer index with a leading zero": (
+        _move("optimizer/2/weights/cache", "optimizer/02/weights/cache"),
+        r"'02' is not the index of one of the model's 4 layers \(0 to 3\)",
+    ),
+    "a negative layer index": (
+        _move("optimizer/2/weights/cache", "optimizer/-2/weights/cache"),
+        r"'-2' is not the index of one of the model's 4 layers",
+    ),
+    "the index of no layer": (
+        _add("optimizer/4/weights/cache", "optimizer/2/weights/cache"),
+        r"'optimizer/4/weights/cache': '4' is not the index of one of the model's 4 layers",
+    ),
+    "a layer without parameters": (
+        _add("optimizer/1/weights/cache", "optimizer/0/weights/cache"),
+        r"'optimizer/1/weights/cache': layer 1 \(ReLU\(\)\) has no parameter 'weights'",
+    ),
+    "a parameter the layer lacks": (
+        _add("optimizer/2/kernel/cache", "optimizer/2/weights/cache"),
+        r"layer 2 \(Dense\(8, 3\)\) has no parameter 'kernel' \(its parameters: \['weights'",
+    ),
+    "an unknown field": (
+        _add("optimizer/2/weights/velocity", "optimizer/2/weights/cache"),
+        r"'optimizer/2/weights/velocity': Adam keeps no 'velocity' state \(its fields: moment",
+    ),
+    "a missing field": (
+        lambda s: s.pop("optimizer/2/biases/momentum"),
+        r"holds optimizer/2/biases/cache but not \['optimizer/2/biases/momentum'\]; Adam needs",
+    ),
+    "optimizer state of the wrong shape": (
+        lambda s: s.update({"optimizer/0/weights/cache": np.ones((8, 2), np.float32)}),
+        r"optimizer state 0/weights/cache has shape \(8, 2\), the parameter \(2, 8\)",
+    ),
+    "negative iterations": (
+        lambda s: s.update({"optimizer/iterations": -1}),
+        "iterations must be a non-negative integer",
+    ),
+    "a NaN learning rate": (
+        lambda s: s.update({"optimizer/current_learning_rate": float("nan")}),
+        "current_learning_rate must be a number",
+    ),
+    "a parameter of no layer": (
+        _add("layers/4/weights", "layers/2/weights"),
+        r"parameters do not fit the model: missing \[\], extra \['layers/4/weights'\]; give",
+    ),
+    "a missing parameter": (
+        lambda s: s.pop("layers/2/biases"),
+        r"missing \['layers/2/biases'\], extra \[\]",
+    ),
+    "a parameter of the wrong shape": (
+        lambda s: s.update({"layers/0/weights": s["layers/0/weights"].T}),
+        r"layers/0/weights: expected shape \(2, 8\), got \(8, 2\)",
+    ),
+    "a misspelt prefix": (
+        _move("layers/0/weights", "layer/0/weights"),
+        r"holds \['layer/0/weights'\], neither parameters \(layers/<i>/<name>\) nor optimizer",
+    ),
+    "a bare name beside the parameters": (
+        _add("weights", "layers/0/weights"),
+        r"holds \['weights'\], neither parameters",
+    ),
+    "a key that is not a string": (lambda s: s.update({0: s["layers/0/weights"]}), r"holds \[0\]"),
+}
+
+
+def test_a_state_dict_of_other_values_loads_whole(backend):
+    """The control for the table: the good dict the bad ones are made from loads, every value
+    of it, so each refusal below is the spoilt key's."""
+    model = _trained("classifier")
+    state = _other_values(model)
+    model.load_state_dict(state)
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    for key, value in state.items():
+        np.testing.assert_array_equal(host(after[key]), value)
+
+
+@pytest.mark.parametrize("case", list(BAD_STATE_DICTS))
+def test_a_bad_state_dict_raises_one_value_error_and_changes_nothing(backend, case):
+    spoil, match = BAD_STATE_DICTS[case]
+    model = _trained("classifier")
+    check = _unchanged(model)
+    state = _other_values(model)
+    spoil(state)
+    with pytest.raises(ValueError, match=match) as caught:
+        model.load_state_dict(state)
+    assert "\n" not in str(caught.value)
+    check()
+
+
+def test_optimizer_state_into_a_model_without_an_optimizer_is_refused(backend):
+    state = _other_values(_trained("classifier"))
+    model = pn.Model([pn.Dense(2, 8), pn.ReLU(), pn.Dense(8, 3), pn.Softmax()])
+    before = host_parameters(model)
+    with pytest.raises(ValueError, match=r"model has no optimizer; set one first with model\.set"):
+        model.load_state_dict(state)
+    assert_parameters_equal(host_parameters(model), before)
+    assert model.optimizer is None
+    model.load_state_dict({k: v for k, v in state.items() if k.startswith("layers/")})
+    assert_parameters_equal(
+        host_parameters(model), [(state[f"layers/{i}/weights"], state[f"layers/{i}/biases"])
+                                 for i in (0, 2)]
+    )  # fmt: skip
+
+
+def test_optimizer_state_into_sgd_without_momentum_is_refused(backend):
+    state = _other_values(_trained("classifier"))
+    model = classifier(optimizer=pn.SGD())
+    check = _unchanged(model)
+    with pytest.raises(ValueError, match=r"SGD keeps no 'cache' state \(its fields: none\)"):
+        model.load_state_dict(state)
+    check()
+
+
+def _optimizer_values(model):
+    """``model.optimizer.state_dict(model.layers)`` as host copies, every number changed."""
+    state = model.optimizer.state_dict(model.layers)
+    nested = {
+        i: {name: {f: host(v) + 1 for f, v in fields.items()} for name, fields in by.items()}
+        for i, by in state["state"].items()
+    }
+    return {"iterations": 9, "current_learning_rate": 0.5, "state": nested}
+
+
+BAD_OPTIMIZER_STATE_DICTS = {
+    "no iterations": (lambda s: s.pop("iterations"), r"missing \['iterations'\], unknown \[\]"),
+    "no current_learning_rate": (
+        lambda s: s.pop("current_learning_rate"),
+        r"missing \['current_learning_rate'\]",
+    ),
+    "an unknown key": (lambda s: s.update(momentum=0.9), r"unknown \['momentum'\]"),
+    "a model's flat state dict": (
+        lambda s: s.update({"optimizer/iterations": s.pop("iterations")}),
+        r"unknown \['optimizer/iterations'\]; a model's flat state dict goes to model\.load_st",
+    ),
+    "state that is not a dict": (
+        lambda s: s.update(state=list(s["state"].values())),
+        "optimizer state must map layer indices to dicts, got",
+    ),
+    "a layer's state that is not a dict": (
+        lambda s: s["state"].update({0: list(s["state"][0].values())}),
+        "optimizer state for layer 0 must map parameter names to dicts of fields",
+    ),
+    "a parameter's state that is not a dict": (
+        lambda s: s["state"][2].update(biases=None),
+        "optimizer state for layer 2 must map parameter names to dicts of fields",
+    ),
+    "a boolean layer index": (
+        lambda s: s["state"].update({False: s["state"].pop(0)}),
+        "optimizer state for layer False, but 4 layers",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIMIZER_STATE_DICTS))
+def test_a_bad_optimizer_state_dict_raises_one_value_error_and_changes_nothing(backend, case):
+    spoil, match = BAD_OPTIMIZER_STATE_DICTS[case]
+    model = _trained("classifier")
+    check = _unchanged(model)
+    good = _optimizer_values(model)
+    pn.Adam().load_state_dict(good, model.layers)  # the control: the unspoilt dict loads
+    spoil(good)
+    with pytest.raises(ValueError, match=match) as caught:
+        model.optimizer.load_state_dict(good, model.layers)
+    assert "\n" not in str(caught.value)
+    check()
+    with pytest.raises(ValueError, match="an optimizer state dict is a dict"):
+        model.optimizer.load_state_dict([good], model.layers)
+
+
 # --- moving between backends ------------------------------------------------------------------
 
 
