@@ -91,15 +91,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.dataset, X.shape[1], args.resume, backend=args.backend, **network
     )
     backend, steps = model.backend, model.optimizer.iterations
+    batches = "full batch" if batch_size is None else f"batches of {batch_size}"
     say(f"portnn {pn.__version__}: {args.dataset}, {recipe.about}")
     tests = f", {len(X_test)} test samples" if X_test is not None else ""
     say(f"data: {len(X)} training samples{tests}, {X.shape[1]} features")
-    resumed = f", resumed from {args.resume} at step {steps}" if args.resume else ""
+    done, resumed = 0, ""
+    if args.resume:
+        # The epochs go on from the saved run's, which the file tells only as steps: whole
+        # epochs of this run's batches, else (another batch size) counted from 1, as said.
+        whole = recipes.epochs_done(steps, len(X), batch_size)
+        done = whole or 0
+        per = "full-batch epochs" if batch_size is None else f"epochs of {batches}"
+        after = f"{whole} {per}" if whole is not None else f"not whole {per}: counted from 1"
+        resumed = f", resumed from {args.resume} at step {steps} ({after})"
     say(f"model: {recipes.describe(model, training=True)}{resumed}")
-    batches = "full batch" if batch_size is None else f"batches of {batch_size}"
+    numbered = f" ({done + 1} to {done + epochs})" if done else ""
     used = threads.describe()
     say(
-        f"training: {epochs} epochs, {batches}, "
+        f"training: {epochs} epochs{numbered}, {batches}, "
         f"on {backend.name} ({backend.dtype_name}, {_device_name(backend.device)})"
         + (f", {used}" if used else "")
     )
@@ -112,9 +121,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     history = model.train(
         X,
         y,
-        epochs=epochs,
+        epochs=done + epochs,  # Keras' numbering: epochs done + 1 to done + epochs
+        initial_epoch=done,
         batch_size=batch_size,
         validation_data=validation,
+        validation_label="test",
         print_every=0 if args.quiet else print_every,
         comm=comm,
     )

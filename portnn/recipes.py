@@ -19,6 +19,7 @@ train in seconds.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "build",
     "build_for_command",
     "describe",
+    "epochs_done",
     "get",
     "resume",
 ]
@@ -290,6 +292,14 @@ def resume(
             f"{each}); was it trained on another dataset?"
         )
     return model
+
+
+def epochs_done(steps: int, n_samples: int, batch_size: int | None) -> int | None:
+    """The epochs a saved run trained, from its optimizer's ``steps``, if they make whole
+    passes over ``n_samples`` in batches of ``batch_size`` (None: one step per epoch), as a
+    run saved at its end with that batch size has; else None (another batch size)."""
+    per_epoch = 1 if batch_size is None else math.ceil(n_samples / batch_size)
+    return steps // per_epoch if steps % per_epoch == 0 else None
 
 
 def build_for_command(

@@ -138,11 +138,13 @@ def test_train_spiral_save_plot_and_evaluate(capsys, backend_name, tmp_path):
     )
     assert code == 0, err
     assert "epoch: 5, acc: " in out and "epoch: 50, acc: " in out
-    assert "validation, acc: " in out  # --plot draws the test curve: validated every epoch
+    # --plot draws the test curve: the test split every epoch, named so, and at the end
+    assert out.count("\ntest, acc: ") > 2 and "validation" not in out
     assert f"on {backend_name} (float32" in out
     lines = out.splitlines()
     training = next(line for line in lines if line.startswith("training, acc: "))
-    test = next(line for line in lines if line.startswith("test, acc: "))
+    test = lines[lines.index(training) + 1]  # the final figures: after the per-epoch lines
+    assert test.startswith("test, acc: ")
     for path in (model_path, plot_path, regions):
         assert path.is_file()
     assert plot_path.read_bytes()[:8] == regions.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -179,8 +181,9 @@ def test_train_digits(capsys, backend_name):
     code, out, err = run(capsys, command, backend_name)
     assert code == 0, err
     assert "1437 training samples, 360 test samples, 64 features" in out
-    assert "validation, acc: " in out
-    test = next(line for line in out.splitlines() if line.startswith("test, acc: "))
+    assert out.count("\ntest, acc: ") > 2 and "validation" not in out  # every epoch, named so
+    lines = out.splitlines()
+    test = lines[lines.index(next(x for x in lines if x.startswith("training, acc: "))) + 1]
     assert float(test.split("acc: ")[1].split(",")[0]) > 0.6
 
 
@@ -191,7 +194,7 @@ def test_fashion_mnist_train_evaluate_predict(capsys, backend_name, fashion_dir,
     assert code == 0, err
     assert "80 training samples, 20 test samples, 784 features" in out
     assert "model: 784-128-128-10 (ReLU, Softmax)" in out
-    assert "batches of 16" in out and "validation, acc: " in out
+    assert "batches of 16" in out and out.count("\ntest, acc: ") > 2 and "validation" not in out
 
     code, out, err = run(capsys, "evaluate", model_path, "fashion-mnist", "--data", fashion_dir)
     assert code == 0, err
@@ -665,6 +668,37 @@ def test_plot_names_the_test_split(capsys, tmp_path, drawn):
     loss, accuracy, _ = drawn[0].axes
     for ax in (loss, accuracy):
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training", "test"]
+
+
+def test_resume_goes_on_counting_the_epochs(capsys, tmp_path, drawn):
+    """The printed epochs, the history's and --plot's x axis go on from the saved run's."""
+    first = tmp_path / "a.npz"
+    assert main(["train", "spiral", "--epochs", "4", "--quiet", "--save", str(first)]) == 0
+    command = "train spiral --epochs 3 --print-every 1 --resume"
+    code, out, err = run(capsys, command, first, "--plot", tmp_path / "h.png")
+    assert code == 0, err
+    assert f"resumed from {first} at step 4 (4 full-batch epochs)" in out
+    assert "training: 3 epochs (5 to 7), full batch" in out
+    printed = re.findall(r"^epoch: (\d+),", out, flags=re.M)
+    assert printed == ["5", "6", "7"] and "trained 3 epochs in " in out
+    for ax in drawn[0].axes:  # the plot draws the history: its epochs
+        assert [list(line.get_xdata()) for line in ax.get_lines()] in ([[5, 6, 7]] * 2, [[5, 6, 7]])
+
+
+def test_resume_with_other_batches_counts_from_one_and_says_so(capsys, tmp_path):
+    pytest.importorskip("sklearn")
+    first = tmp_path / "d.npz"
+    argv = ["train", "digits", "--epochs", "1", "--quiet", "--save", str(first)]
+    assert main(argv) == 0  # 45 steps: one epoch of 1,437 samples in batches of 32
+    command = "train digits --epochs 2 --print-every 1 --batch-size 100 --resume"
+    code, out, err = run(capsys, command, first)
+    assert code == 0, err
+    assert "at step 45 (3 epochs of batches of 100)" in out  # 15 a pass: 45 steps make 3
+    assert re.findall(r"^epoch: (\d+),", out, flags=re.M) == ["4", "5"]
+    code, out, err = run(capsys, "train digits --epochs 1 --batch-size 7 --resume", first)
+    assert code == 0, err
+    assert "at step 45 (not whole epochs of batches of 7: counted from 1)" in out
+    assert re.findall(r"^epoch: (\d+),", out, flags=re.M) == ["1"]
 
 
 def test_resume_refuses_a_model_that_does_not_fit_the_dataset(capsys, tmp_path):

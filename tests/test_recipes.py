@@ -264,3 +264,17 @@ def test_resume_refuses_a_model_that_does_not_fit_the_dataset(backend, tmp_path,
     path = _saved(tmp_path, model)
     with pytest.raises(ValueError, match=re.escape(message)):
         recipes.build_for_command(name, model.n_inputs, path)
+
+
+@pytest.mark.parametrize(
+    ("steps", "n_samples", "batch_size", "expected"),
+    [
+        (20, 300, None, 20),
+        (0, 300, None, 0),
+        (90, 1437, 32, 2),
+        (90, 1437, 7, None),
+        (3, 10, 5, None),
+    ],
+)
+def test_epochs_done_are_whole_passes_of_the_steps(steps, n_samples, batch_size, expected):
+    assert recipes.epochs_done(steps, n_samples, batch_size) == expected
