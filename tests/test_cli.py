@@ -95,7 +95,8 @@ def test_info_reports_a_broken_library_and_goes_on(tmp_path, argv):
     (tmp_path / "torch" / "__init__.py").write_text(
         'raise AttributeError("torch._C has no attribute _cuda_init: half-installed")\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PORTNN_BACKEND": "numpy"}
+    path = os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, "PORTNN_BACKEND": "numpy"}
     result = subprocess.run(
         [sys.executable, "-m", "portnn", *argv],
         capture_output=True,
