@@ -124,8 +124,14 @@ class Reader:
         with contextlib.ExitStack() as stack:
             file = stack.enter_context(open(self.path, "rb"))  # FileNotFoundError as itself
             with self._translated():
-                if file.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+                start = file.read(9)
+                if start.startswith(_NPY_MAGIC):
                     raise ModelFileError(f"{self.path} is a single NumPy array, not a portnn file")
+                if start[8:] == b"{":  # a safetensors header's length, then its JSON
+                    raise ModelFileError(
+                        f"{self.path} is a safetensors file, not a portnn file; load it with "
+                        "portnn.interop.load_safetensors(path)"
+                    )
                 file.seek(0)
                 self._zip = stack.enter_context(zipfile.ZipFile(file))
                 self._members = self._index(os.fstat(file.fileno()).st_size)

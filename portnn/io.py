@@ -9,12 +9,15 @@ A portnn file is a NumPy ``.npz`` archive (a zip of ``.npy`` arrays) holding
 - ``optimizer/<i>/<name>/<field>``: the optimizer's state for that parameter.
 
 Arrays are stored on the host, uncompressed, as real floats, so any backend reads what any
-other wrote. Loading never unpickles and builds objects only from the classes listed below,
-so a file can never run code; it checks the header, then every array's name, shape and dtype
-against the architecture the header describes, before reading any array or building any
-layer, so a hostile file cannot make it allocate much more than the file's size
-(``_npz.py`` reads the archive). Writes go to a temporary file that replaces the target
-only once complete.
+other wrote. The name is the caller's,
+kept as given (no suffix is added), except that a ``.safetensors`` name is refused: that
+format is ``portnn.interop``'s, and cannot hold an optimizer, a loss or an accuracy.
+
+Loading never unpickles and builds objects only from the classes listed below, so a file can
+never run code; it checks the header, then every array's name, shape and dtype against the
+architecture the header describes, before reading any array or building any layer, so a
+hostile file cannot make it allocate much more than the file's size (``_npz.py`` reads the
+archive). Writes go to a temporary file that replaces the target only once complete.
 """
 
 from __future__ import annotations
@@ -86,7 +89,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float)
 
 
+def _portnn_path(path: str | os.PathLike, method: str) -> str:
+    """``path``, unless its name says safetensors: every other tool would misread a portnn
+    file under that name, and safetensors cannot hold all ``model.save`` keeps."""
+    path = os.fspath(path)
+    if os.fsdecode(path).lower().endswith(".safetensors"):
+        raise ValueError(
+            f"cannot save to {os.fsdecode(path)}: {method} writes portnn's .npz format, not "
+            "safetensors; give a .npz name, or write safetensors (architecture and weights; "
+            "no optimizer, loss or accuracy) with portnn.interop.save_safetensors"
+        )
+    return path
+
+
 def save_parameters(model: Model, path: str | os.PathLike) -> None:
+    path = _portnn_path(path, "model.save_parameters")
     header = {"format": FORMAT, "version": VERSION, "kind": "parameters"}
     header["dtype"] = model.backend.dtype_name
     parameters = {k: v for k, v in model.state_dict().items() if k.startswith("layers/")}
@@ -94,6 +111,7 @@ def save_parameters(model: Model, path: str | os.PathLike) -> None:
 
 
 def save_model(model: Model, path: str | os.PathLike) -> None:
+    path = _portnn_path(path, "model.save")
     state = model.state_dict()
     optimizer = _described(model.optimizer, _OPTIMIZERS)
     if optimizer is not None:

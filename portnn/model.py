@@ -243,14 +243,21 @@ class Model:
         io.load_parameters(self, path)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save architecture, parameters, loss, accuracy and optimizer (with its state)."""
+        """Save architecture, parameters, loss, accuracy and optimizer (with its state) in
+        portnn's .npz format, atomically, under exactly the name given (no suffix is added;
+        ``.npz`` is the custom). A ``.safetensors`` name is refused rather than given a zip:
+        safetensors holds tensors and string metadata, so portnn's safetensors file (written
+        by ``portnn.interop.save_safetensors``, read by ``portnn.interop.load_safetensors``)
+        keeps the architecture and weights but no optimizer state, loss or accuracy."""
         from . import io
 
         io.save_model(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str | Backend | None = None) -> Model:
-        """Rebuild a saved model on ``backend`` (default: the current backend)."""
+        """Rebuild a model ``save`` wrote, on ``backend`` (default: the current backend). The
+        file's contents decide, not its name; a safetensors file is refused with a pointer to
+        ``portnn.interop.load_safetensors``."""
         from . import io
 
         return io.load_model(path, backend)

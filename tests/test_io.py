@@ -333,6 +333,62 @@ def test_saving_over_a_file_replaces_it(backend, tmp_path):
     assert_parameters_equal(host_parameters(pn.Model.load(path)), host_parameters(model))
 
 
+# --- file names -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["save", "save_parameters"])
+@pytest.mark.parametrize("name", ["model.safetensors", "Model.SafeTensors"])
+def test_a_safetensors_name_is_refused_and_nothing_is_written(backend, tmp_path, method, name):
+    """safetensors cannot hold an optimizer, a loss or an accuracy, and every other tool would
+    misread a zip under that name: the save points to interop instead of writing one."""
+    model = trained(epochs=1)
+    with pytest.raises(
+        ValueError,
+        match=rf"cannot save to .*{name}: model\.{method} writes portnn's \.npz format, not "
+        r"safetensors; give a \.npz name, or .*portnn\.interop\.save_safetensors",
+    ) as caught:
+        getattr(model, method)(tmp_path / name)
+    assert "\n" not in str(caught.value)
+    assert os.listdir(tmp_path) == []
+    (tmp_path / name).write_bytes(b"an older file")
+    with pytest.raises(ValueError, match="portnn.interop.save_safetensors"):
+        getattr(model, method)(str(tmp_path / name))
+    assert (tmp_path / name).read_bytes() == b"an older file"
+
+
+@pytest.mark.parametrize("name", ["model.npz", "model", "model.pt", "run.safetensors.npz"])
+def test_a_file_is_saved_under_exactly_the_name_given(backend, tmp_path, name):
+    model = trained(epochs=1)
+    model.save(tmp_path / name)
+    assert os.listdir(tmp_path) == [name]  # no .npz added, whatever the name
+    assert_parameters_equal(host_parameters(pn.Model.load(tmp_path / name)), host_parameters(model))
+
+
+def test_a_safetensors_file_is_refused_with_the_way_to_load_it(backend, tmp_path):
+    pytest.importorskip("safetensors")
+    from portnn import interop
+
+    path = tmp_path / "model.safetensors"
+    interop.save_safetensors(trained(epochs=1), path)
+    match = r"model\.safetensors is a safetensors file, not a portnn file; load it with portnn\.i"
+    with pytest.raises(ModelFileError, match=match):
+        pn.Model.load(path)
+    model = build()
+    before = host_parameters(model)
+    with pytest.raises(ModelFileError, match=match):
+        model.load_parameters(path)
+    assert_parameters_equal(host_parameters(model), before)
+
+
+def test_a_portnn_file_under_a_safetensors_name_still_loads(backend, tmp_path):
+    """What model.save wrote for such a name before it refused one: the contents decide."""
+    model = trained(epochs=1)
+    model.save(tmp_path / "model.npz")
+    os.rename(tmp_path / "model.npz", tmp_path / "old.safetensors")
+    loaded = pn.Model.load(tmp_path / "old.safetensors")
+    assert_parameters_equal(host_parameters(loaded), host_parameters(model))
+
+
 # --- files that are not portnn files ----------------------------------------------------------
 
 
