@@ -195,7 +195,18 @@ def test_small_losses_never_print_as_zero(backend, capsys):
     assert "loss: 0.000 " not in out and "e-0" in out
 
 
-def test_ctrl_c_keeps_the_last_completed_step_and_the_history(backend):
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test's duration, whatever the suite inherited: run
+    in the background (``nox &``, nohup) it starts with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_keeps_the_last_completed_step_and_the_history(backend, default_sigint):
     X, y = regression()
 
     class Interrupt(Callback):
