@@ -46,7 +46,9 @@ class Callback:
 
 class _Monitor(Callback):
     """What EarlyStopping, ModelCheckpoint and ReduceLROnPlateau share: one figure to
-    watch, whether lower or higher is better, and what counts as an improvement."""
+    watch, whether lower (``mode="min"``) or higher (``"max"``) is better (``"auto"``: higher
+    for a figure whose name holds "accuracy", lower otherwise), and what counts as an
+    improvement."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
         if mode not in ("auto", "min", "max"):
@@ -69,17 +71,26 @@ class _Monitor(Callback):
         return float(value)
 
     def _improved(self, value: float) -> bool:
+        """Keras' rule: ``value + min_delta < best`` (min) or ``value - min_delta > best``
+        (max), so an improvement beats the best by more than ``min_delta``; the first figure
+        is one, a NaN never is (Keras would take a first NaN as the best)."""
+        if math.isnan(value):
+            return False
         if self.best is None:
-            return not math.isnan(value)
+            return True
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            return value + self.min_delta < self.best
+        return value - self.min_delta > self.best
 
 
 class EarlyStopping(_Monitor):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience``
-    epochs; ``restore_best=True`` then puts back the parameters (and optimizer state) of the
-    best epoch. Keras' ``EarlyStopping(restore_best_weights=...)``."""
+    """Stop when ``monitor`` has not improved (by more than ``min_delta``) for ``patience``
+    epochs, counted as Keras counts: ``wait`` is the number of epochs since the best one,
+    and training stops after the epoch where ``wait >= patience``, never after epoch 1
+    (``patience`` 0 and 1 both stop at the first epoch without improvement, 2 at the
+    second). ``stopped_epoch`` is then that epoch (None if none). ``restore_best=True`` puts
+    back the parameters and optimizer state of the best epoch when training ends, stopped
+    early or not. Keras' ``EarlyStopping(restore_best_weights=...)``."""
 
     def __init__(
         self,
@@ -100,19 +111,19 @@ class EarlyStopping(_Monitor):
 
     def on_epoch_end(self, run: Any, epoch: int, logs: dict[str, Any]) -> None:
         value = self._value(logs)
+        self.wait += 1
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
                 # By reference: updates make new arrays, so this stays the best epoch's.
                 self._state = run.model.state_dict()
             return
-        self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience and epoch > 1:  # Keras: `and epoch > 0`, from 0
             self.stopped_epoch = epoch
             run.stop_training = True
 
     def on_train_end(self, run: Any) -> None:
-        if self.restore_best and self._state is not None and self.best_epoch != run.last_epoch:
+        if self._state is not None and self.best_epoch != run.last_epoch:  # restore_best
             run.model.load_state_dict(self._state)
 
 
@@ -152,8 +163,13 @@ class ModelCheckpoint(_Monitor):
 
 class ReduceLROnPlateau(_Monitor):
     """Multiply the optimizer's learning rate by ``factor`` when ``monitor`` has not
-    improved for ``patience`` epochs, down to ``min_lr`` (Keras' callback of that name). It
-    scales the base rate, so a schedule (the book's decay) goes on from the lower rate."""
+    improved (by more than ``min_delta``) for ``patience`` epochs, down to ``min_lr``:
+    Keras' callback of that name, and its rule. After each epoch: in cooldown, count the
+    cooldown down; then on an improvement ``wait = 0``; else, out of cooldown,
+    ``wait += 1``, and if ``wait >= patience`` and the rate is above ``min_lr``,
+    ``rate = max(rate * factor, min_lr)``, ``wait = 0`` and ``cooldown`` epochs of
+    cooldown begin (so ``cooldown=c`` leaves ``c - 1`` epochs uncounted). It scales the
+    base rate, so a schedule (the book's decay) goes on from the lower rate."""
 
     def __init__(
         self,
@@ -164,26 +180,33 @@ class ReduceLROnPlateau(_Monitor):
         *,
         mode: str = "auto",
         min_lr: float = 0.0,
+        cooldown: int = 0,
     ) -> None:
         super().__init__(monitor, mode, min_delta)
         self.factor = real("factor", factor, 0.0, 1.0, low_open=True, high_open=True)
         self.patience = integer("patience", patience, 0)
         self.min_lr = real("min_lr", min_lr, 0.0)
+        self.cooldown = integer("cooldown", cooldown, 0)
 
     def on_train_begin(self, run: Any) -> None:
-        self.best, self.wait = None, 0
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
 
     def on_epoch_end(self, run: Any, epoch: int, logs: dict[str, Any]) -> None:
         value = self._value(logs)
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
         if self._improved(value):
             self.best, self.wait = value, 0
-            return
-        self.wait += 1
-        if self.wait > self.patience:
+        elif self.cooldown_counter == 0:
+            self.wait += 1
             opt = run.model.optimizer
-            opt.learning_rate = max(opt.learning_rate * self.factor, self.min_lr)
-            opt.current_learning_rate = min(opt.current_learning_rate, opt.learning_rate)
-            self.wait = 0
+            if self.wait >= self.patience and opt.learning_rate > self.min_lr:
+                opt.learning_rate = max(opt.learning_rate * self.factor, self.min_lr)
+                # The rate of the next step: a schedule's, from the new base rate.
+                opt.current_learning_rate = opt.learning_rate
+                if opt.schedule is not None:
+                    opt.current_learning_rate = opt.schedule(opt.learning_rate, opt.iterations)
+                self.cooldown_counter, self.wait = self.cooldown, 0
 
 
 class LearningRateScheduler(Callback):

@@ -3,11 +3,13 @@ backend, checked by the values they must produce."""
 
 import csv
 import json
+import math
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import assert_parameters_equal, host_parameters
+from helpers import assert_parameters_equal, host, host_parameters
 
 import portnn as pn
 from portnn.callbacks import (
@@ -18,6 +20,10 @@ from portnn.callbacks import (
     ModelCheckpoint,
     ReduceLROnPlateau,
 )
+from portnn.training import HISTORY_KEYS
+
+NAN = math.nan
+LR = 0.0625  # the scripted runs' first rate: a power of two, so every factor below is exact
 
 
 def regression(seed=0, n=64):
@@ -101,7 +107,8 @@ def test_early_stopping_waits_patience_epochs_and_restores_the_best(backend):
     losses = history["val_loss"]
     best = int(np.argmin(losses))
     assert stopper.best_epoch == best + 1 and stopper.best == pytest.approx(losses[best])
-    assert len(losses) == best + 1 + 3  # the best, then patience + 1 without improvement
+    assert len(losses) == best + 1 + 2  # Keras: the best, then patience epochs without
+    assert stopper.stopped_epoch == len(losses)
     assert model.evaluate(X_val, y_val)[0] == pytest.approx(losses[best], rel=1e-5)
 
 
@@ -234,3 +241,196 @@ def test_progress_shows_live_figures_and_one_bar_per_long_epoch(backend, capsys)
     assert "epoch 1/2" in err and "epoch 2/2" in err
     assert "loss=" in err and "acc=" in err
     assert err.count("120/120") >= 2  # a bar per epoch of 120 batches, each kept on screen
+
+
+# --- scripted runs: a callback fed a fixed sequence of figures, checked by Keras' rule -------
+def host_state(model):
+    """``model.state_dict()`` (parameters and optimizer state) as NumPy arrays and numbers."""
+    return {k: v if isinstance(v, int | float) else host(v) for k, v in model.state_dict().items()}
+
+
+def assert_state_equal(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def drive(callback, figures, monitor="val_loss", validation=True):
+    """A run of ``len(figures)`` epochs as ``model.train`` makes one, with epoch e's
+    ``monitor`` scripted to ``figures[e - 1]``: each epoch is a real epoch of SGD with
+    momentum, the callback sees it, and the run stops when the callback says so. The run
+    returned holds the epochs it ran (``last_epoch``), the base rate after each epoch
+    (``rates``) and each epoch's state (``states``, after its update)."""
+    X, y = regression(n=16)
+    model = model_for(optimizer=pn.SGD(LR, momentum=0.5))
+    run = SimpleNamespace(
+        model=model,
+        val=("scripted",) if validation else None,
+        stop_training=False,
+        last_epoch=0,
+        is_main=True,
+        rates=[],
+        states=[],
+    )
+    callback.on_train_begin(run)
+    for epoch, figure in enumerate(figures, 1):
+        callback.on_epoch_begin(run, epoch)
+        model.train(X, y, epochs=1, batch_size=8, print_every=None)
+        run.states.append(host_state(model))
+        logs = dict.fromkeys(HISTORY_KEYS) | {"epoch": epoch, monitor: figure}
+        run.last_epoch = epoch
+        callback.on_epoch_end(run, epoch, logs)
+        run.rates.append(model.optimizer.learning_rate)
+        if run.stop_training:
+            break
+    callback.on_train_end(run)
+    return run
+
+
+# Keras' EarlyStopping: wait = epochs since the best (an improvement beats it by more than
+# min_delta; NaN never does); stop after the first epoch e > 1 with wait >= patience.
+EARLY_STOPPING = [
+    # (monitor, mode, min_delta, patience, figures, stopped_epoch, best_epoch)
+    ("val_loss", "min", 0.0, 0, [1.0, 0.5, 0.75, 0.75, 0.75, 0.75, 0.75], 3, 2),
+    ("val_loss", "min", 0.0, 1, [1.0, 0.5, 0.75, 0.75, 0.75, 0.75, 0.75], 3, 2),
+    ("val_loss", "min", 0.0, 2, [1.0, 0.5, 0.75, 0.75, 0.75, 0.75, 0.75], 4, 2),
+    ("val_loss", "min", 0.0, 3, [1.0, 0.5, 0.75, 0.75, 0.75, 0.75, 0.75], 5, 2),
+    # an improvement starts the count again
+    ("val_loss", "min", 0.0, 3, [1.0, 1.25, 1.5, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75], 7, 4),
+    # equal is no improvement
+    ("val_loss", "min", 0.0, 2, [1.0, 1.0, 1.0, 1.0, 1.0], 3, 1),
+    # improving all along: no stop
+    ("val_loss", "min", 0.0, 2, [1.0, 0.75, 0.5, 0.25], None, 4),
+    # higher is better
+    ("val_accuracy", "max", 0.0, 2, [0.5, 0.75, 0.625, 0.625, 0.625, 0.625], 4, 2),
+    ("val_loss", "max", 0.0, 2, [0.5, 0.75, 0.625, 0.625, 0.625, 0.625], 4, 2),
+    ("accuracy", "min", 0.0, 2, [0.5, 0.75, 0.875, 1.0], 3, 1),
+    # auto: lower for a loss, higher for an accuracy
+    ("loss", "auto", 0.0, 2, [1.0, 0.75, 0.875, 1.0, 1.0], 4, 2),
+    ("val_accuracy", "auto", 0.0, 2, [0.5, 0.75, 0.625, 0.625, 0.625], 4, 2),
+    # min_delta 0.25: better by 0.125 (less), by 0.25 (exactly: not more), by 0.375 (more)
+    ("val_loss", "min", 0.25, 3, [1.0, 0.875, 0.75, 0.625, 0.625, 0.625, 0.625, 0.625], 7, 4),
+    ("val_accuracy", "max", 0.25, 3, [0.25, 0.375, 0.5, 0.625, 0.625, 0.625, 0.625], 7, 4),
+    # NaN never improves; and never a stop after epoch 1, even when NaN leaves wait at 1
+    ("val_loss", "min", 0.0, 2, [1.0, NAN, 0.5, NAN, NAN, 0.25], 5, 3),
+    ("val_loss", "min", 0.0, 1, [NAN, 1.0, 1.25, 1.5], 3, 2),
+    ("val_accuracy", "max", 0.0, 1, [NAN, NAN, 0.5], 2, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode", "min_delta", "patience", "figures", "stopped", "best"), EARLY_STOPPING
+)
+def test_early_stopping_counts_patience_as_keras(
+    backend, monitor, mode, min_delta, patience, figures, stopped, best
+):
+    stopper = EarlyStopping(monitor, patience, min_delta, mode=mode)
+    run = drive(stopper, figures, monitor)
+    assert stopper.stopped_epoch == stopped
+    assert run.last_epoch == (stopped or len(figures))
+    assert stopper.best_epoch == best
+    if best is not None:
+        assert stopper.best == figures[best - 1]
+
+
+RESTORE = [
+    # (figures, patience, restore_best, the epoch whose state the model ends with)
+    ([1.0, 0.5, 0.75, 0.75, 0.75], 2, True, 2),  # stopped at 4: the best, epoch 2
+    ([1.0, 0.5, 0.75], 5, True, 2),  # no stop, best earlier than the last: restored
+    ([1.0, 0.75, 0.5], 5, True, 3),  # no stop, the best is the last: as it is
+    ([1.0, 0.5, 0.75, 0.75, 0.75], 2, False, 4),  # stopped, not asked to restore
+    ([1.0, 0.5, 0.75], 5, False, 3),
+    ([NAN, NAN, NAN], 5, True, 3),  # no best at all: nothing to restore
+]
+
+
+@pytest.mark.parametrize(("figures", "patience", "restore_best", "kept"), RESTORE)
+def test_early_stopping_restores_the_best_epochs_state_at_the_end(
+    backend, figures, patience, restore_best, kept
+):
+    run = drive(EarlyStopping(patience=patience, restore_best=restore_best), figures)
+    # parameters and optimizer state (iterations, momentum) together
+    assert_state_equal(host_state(run.model), run.states[kept - 1])
+
+
+def test_early_stopping_starts_afresh_in_each_train_call(backend):
+    stopper = EarlyStopping(patience=2)
+    drive(stopper, [1.0, 0.5, 0.75, 0.75])
+    assert stopper.stopped_epoch == 4
+    run = drive(stopper, [2.0, 1.5, 1.0])  # worse than the last call's best, yet improving
+    assert stopper.stopped_epoch is None and run.last_epoch == 3 and stopper.best_epoch == 3
+
+
+# Keras' ReduceLROnPlateau, after each epoch: in cooldown, count it down; an improvement sets
+# wait = 0; else, out of cooldown, wait += 1, and at wait >= patience, if rate > min_lr:
+# rate = max(rate * factor, min_lr), wait = 0, cooldown begins.
+PLATEAU = [1.0] * 8  # the first is the best; the rest are no improvement
+REDUCE = [
+    # (monitor, kwargs, figures, the epochs after which the rate is reduced)
+    ("val_loss", {"patience": 0}, PLATEAU[:4], [2, 3, 4]),
+    ("val_loss", {"patience": 1}, PLATEAU[:4], [2, 3, 4]),
+    ("val_loss", {"patience": 2}, PLATEAU, [3, 5, 7]),
+    ("val_loss", {"patience": 3}, PLATEAU, [4, 7]),
+    # an improvement starts the count again
+    ("val_loss", {"patience": 2}, [1.0, 1.0, 0.5, 0.5, 0.5, 0.5], [5]),
+    # cooldown c: c - 1 epochs after a reduction go uncounted (1 changes nothing)
+    ("val_loss", {"patience": 2, "cooldown": 1}, PLATEAU, [3, 5, 7]),
+    ("val_loss", {"patience": 2, "cooldown": 2}, PLATEAU, [3, 6]),
+    ("val_loss", {"patience": 2, "cooldown": 3}, PLATEAU, [3, 7]),
+    ("val_loss", {"patience": 1, "cooldown": 2}, PLATEAU, [2, 4, 6, 8]),
+    ("val_loss", {"patience": 2, "factor": 0.25}, PLATEAU[:5], [3, 5]),
+    # min_lr: the rate goes down to it (clamped after epoch 4), and no further
+    ("val_loss", {"patience": 1, "min_lr": 3 / 16 * LR}, PLATEAU[:6], [2, 3, 4]),
+    # higher is better: for an accuracy under auto, or when asked
+    ("accuracy", {"patience": 1}, [0.5, 0.625, 0.75, 0.75, 0.75], [4, 5]),
+    ("val_loss", {"patience": 1, "mode": "max"}, [0.5, 0.625, 0.75, 0.75], [4]),
+    ("accuracy", {"patience": 1, "mode": "min"}, [0.5, 0.625, 0.75], [2, 3]),
+    ("loss", {"patience": 1}, [1.0, 0.75, 0.5, 0.5, 0.25], [4]),
+    # min_delta 0.25: better by 0.125 (less), by 0.25 (exactly: not more), by 0.5 (more)
+    ("val_loss", {"patience": 1, "min_delta": 0.25}, [1.0, 0.875, 0.75, 0.5, 0.5], [2, 3, 5]),
+    ("val_accuracy", {"patience": 1, "min_delta": 0.25}, [0.25, 0.375, 0.5, 0.75], [2, 3]),
+    # NaN never improves, not even first
+    ("val_loss", {"patience": 1}, [1.0, NAN, 0.5, NAN], [2, 4]),
+    ("val_loss", {"patience": 1}, [NAN, 1.0, 1.0], [1, 3]),
+]
+
+
+@pytest.mark.parametrize(("monitor", "kwargs", "figures", "reduced"), REDUCE)
+def test_reduce_on_plateau_reduces_as_keras(backend, monitor, kwargs, figures, reduced):
+    kwargs = {"factor": 0.5, "min_delta": 0.0} | kwargs
+    run = drive(ReduceLROnPlateau(monitor, **kwargs), figures, monitor)
+    rate, expected = LR, []
+    for epoch in range(1, len(figures) + 1):
+        if epoch in reduced:
+            rate = max(rate * kwargs["factor"], kwargs.get("min_lr", 0.0))
+        expected.append(rate)
+    assert run.rates == expected  # powers of two (and 3/16 of one): exact
+
+
+def test_reduce_on_plateau_scales_the_base_rate_of_a_schedule(backend):
+    # The book's decay, lr / (1 + decay * t), one step per epoch; min_delta=1e9: every epoch
+    # after the first is no improvement, so patience 1 halves the base rate after epochs 2-4.
+    X, y = regression()
+    model = model_for(optimizer=pn.SGD(0.5, decay=0.25))
+    plateau = ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=1e9)
+    history = model.train(X, y, epochs=4, print_every=None, callbacks=[plateau])
+    bases = [0.5, 0.5, 0.25, 0.125]  # during each epoch; its one step is step t = epoch - 1
+    assert history["learning_rate"] == pytest.approx(
+        [b / (1 + 0.25 * t) for t, b in enumerate(bases)]
+    )
+    assert model.optimizer.learning_rate == 0.0625
+    # the rate the next step (t = 4) takes, from the new base rate
+    assert model.optimizer.current_learning_rate == pytest.approx(0.0625 / (1 + 0.25 * 4))
+
+
+def test_reduce_on_plateau_sets_the_rate_without_a_schedule(backend):
+    run = drive(ReduceLROnPlateau(factor=0.5, patience=1, min_delta=0.0), [1.0, 1.0])
+    assert run.model.optimizer.current_learning_rate == LR / 2
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"cooldown": -1}, {"cooldown": 1.5}, {"factor": 1.0}, {"patience": -1}]
+)
+def test_reduce_on_plateau_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ReduceLROnPlateau(**kwargs)
