@@ -4,7 +4,9 @@ trusting a byte of it (``io.py`` documents the layout and builds models from it)
 Reading is bounded by the file's size: members must be stored uncompressed, as ``np.savez``
 writes them, so a small file cannot declare or decompress to gigabytes; the header is read
 only up to ``MAX_HEADER_BYTES``; and each array's ``.npy`` header is checked against the
-shape the portnn header implies before any array's data is read.
+shape and dtype the portnn header implies, and its member against the bytes that header
+implies (no fewer, no more: NumPy would ignore bytes after the data), before any array's
+data is read.
 
 Its error, its atomic write and the checks at its end serve safetensors files too
 (``_safetensors.py``, ``interop.py``).
@@ -156,21 +158,27 @@ class Reader:
     def keys(self) -> set[str]:
         return set(self._members)
 
-    def read(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    def read(self, shapes: dict[str, tuple[int, ...]], dtype: str) -> dict[str, np.ndarray]:
         """Every array, in native byte order; each must be named in ``shapes``, have that shape
-        and a real float dtype. All are checked before any is read."""
+        and the file's ``dtype`` (portnn writes every array in the model's). All are checked
+        before any is read."""
         unknown = sorted(self.keys - set(shapes))
         if unknown:
             raise ModelFileError(
                 f"{self.path} holds arrays its header does not describe: {short(unknown)}"
             )
 
-        def check(key: str, shape: tuple, dtype: np.dtype) -> None:
-            if shape != shapes[key] or dtype.name not in FLOATS:
-                what = "optimizer state" if key.startswith("optimizer/") else "parameter"
+        def check(key: str, shape: tuple, found: np.dtype) -> None:
+            what = "optimizer state" if key.startswith("optimizer/") else "parameter"
+            if shape != shapes[key] or found.name not in FLOATS:
                 raise ModelFileError(
-                    f"{self.path}: {what} {key} has shape {shape} and dtype {dtype}; it needs "
+                    f"{self.path}: {what} {key} has shape {shape} and dtype {found}; it needs "
                     f"shape {shapes[key]} and a real float dtype ({', '.join(FLOATS)})"
+                )
+            if found.name != dtype:
+                raise ModelFileError(
+                    f"{self.path} is corrupt: {what} {key} is {found}, but its header says the "
+                    f"file is {dtype}, and portnn writes every array in the model's dtype"
                 )
 
         with self._translated():
@@ -291,6 +299,19 @@ def check_finite(path: str, what: str, array: np.ndarray) -> None:
     """``what``, an array read from ``path``, holds no NaN or infinity."""
     if not np.isfinite(array).all():
         raise ModelFileError(f"{path}: {what} holds NaN or infinite values")
+
+
+def fitted(path: str, what: str, array: np.ndarray, dtype: str) -> np.ndarray:
+    """``what``, a finite array read from ``path``, as ``dtype``, the model's: a float64 file
+    loads into a float32 model only if every value fits (a cast would make the others inf)."""
+    with np.errstate(over="ignore"):
+        cast = array.astype(dtype, copy=False)
+    if not np.isfinite(cast).all():
+        raise ModelFileError(
+            f"{path}: {what} holds values beyond {dtype}'s range; load the file into a "
+            f"{array.dtype} model (pn.use_backend(..., dtype={array.dtype.name!r}))"
+        )
+    return cast
 
 
 def short(value: object, limit: int = 200) -> str:

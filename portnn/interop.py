@@ -164,7 +164,7 @@ def load_safetensors(
             shapes = io._parameter_shapes(cls, described["config"], i, path)
             needed.update(_torch_shapes(i, shapes))
         with Reader(path) as file:
-            tensors = file.read(needed, "the model")
+            tensors = _fitted(file.read(needed, "the model"), model.backend.dtype_name, path)
         model._assign(_parameters(model, tensors))
         return model
 
@@ -173,10 +173,14 @@ def load_safetensors(
         needed = {}
         for i, (cls, config) in enumerate(specs):
             needed.update(_torch_shapes(i, io._parameter_shapes(cls, config, i, path)))
-        tensors = file.read(needed, "its metadata")
+        tensors = _fitted(file.read(needed, "its metadata"), dtype, path)
     rebuilt = io._rebuilt(specs, get_backend(backend, dtype), path)
     rebuilt._assign(_parameters(rebuilt, tensors))
     return rebuilt
+
+
+def _fitted(tensors: dict[str, np.ndarray], dtype: str, path: str) -> dict[str, np.ndarray]:
+    return {k: _npz.fitted(path, f"tensor {k}", v, dtype) for k, v in tensors.items()}
 
 
 def _architecture(metadata: dict[str, str], path: str) -> tuple[str, list[tuple[type, dict]]]:

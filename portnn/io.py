@@ -8,8 +8,8 @@ A portnn file is a NumPy ``.npz`` archive (a zip of ``.npy`` arrays) holding
 - ``layers/<i>/<name>``: parameter ``name`` of layer ``i`` (``weights``, ``biases``);
 - ``optimizer/<i>/<name>/<field>``: the optimizer's state for that parameter.
 
-Arrays are stored on the host, uncompressed, as real floats, so any backend reads what any
-other wrote. The name is the caller's,
+Arrays are stored on the host, uncompressed, in the header's dtype (a file holding another
+is refused as corrupt), so any backend reads what any other wrote. The name is the caller's,
 kept as given (no suffix is added), except that a ``.safetensors`` name is refused: that
 format is ``portnn.interop``'s, and cannot hold an optimizer, a loss or an accuracy.
 
@@ -169,13 +169,18 @@ def _saved(header: dict, path: str) -> _Saved:
 def _architecture(header: dict, path: str, where: str) -> tuple[str, list[tuple[type, dict]]]:
     """The dtype and the layers (class, config) that a portnn header names, checked; ``where``
     says what the file calls the header (``interop`` reads its metadata with this too)."""
-    dtype = header.get("dtype")
-    if dtype not in DTYPES:
-        raise ModelFileError(f"{path}: unsupported dtype {_npz.short(dtype)} in the {where}")
+    dtype = _dtype(header, path, where)
     described = header.get("layers")
     if not isinstance(described, list) or not described:
         raise ModelFileError(f"{path}: the saved architecture cannot be rebuilt: no layers")
     return dtype, [_spec(d, _LAYERS, "layer", path) for d in described]
+
+
+def _dtype(header: dict, path: str, where: str) -> str:
+    dtype = header.get("dtype")
+    if dtype not in DTYPES:
+        raise ModelFileError(f"{path}: unsupported dtype {_npz.short(dtype)} in the {where}")
+    return dtype
 
 
 def _rebuilding(path: str) -> contextlib.AbstractContextManager[None]:
@@ -269,18 +274,22 @@ def load_parameters(model: Model, path: str | os.PathLike) -> None:
     with _npz.Reader(path) as file:
         kind = file.header.get("kind")
         if kind == "model":  # a whole model holds parameters too; its own header says which
-            shapes = _saved(file.header, path).shapes
+            saved = _saved(file.header, path)
+            shapes, dtype = saved.shapes, saved.dtype
             _require(file.keys, shapes, path, "its header describes")
-            saved = {k: v for k, v in shapes.items() if k.startswith("layers/")}
-            if saved != wanted:
-                raise ModelFileError(f"{path} holds parameters {saved} but the model has {wanted}")
+            held = {k: v for k, v in shapes.items() if k.startswith("layers/")}
+            if held != wanted:
+                raise ModelFileError(f"{path} holds parameters {held} but the model has {wanted}")
         elif kind == "parameters":
-            shapes = wanted
+            shapes, dtype = wanted, _dtype(file.header, path, "header")
             _require(file.keys, shapes, path, "the model has")
         else:
             raise ModelFileError(f"{path} holds {kind!r}, neither a model nor parameters")
-        arrays = _checked(file.read(shapes), path)
-    model._assign({k: v for k, v in arrays.items() if k.startswith("layers/")})
+        arrays = _checked(file.read(shapes, dtype), path)
+    target = model.backend.dtype_name
+    model._assign(
+        {k: _npz.fitted(path, k, v, target) for k, v in arrays.items() if k.startswith("layers/")}
+    )
 
 
 def load_model(path: str | os.PathLike, backend: str | Backend | None = None) -> Model:
@@ -293,7 +302,7 @@ def load_model(path: str | os.PathLike, backend: str | Backend | None = None) ->
             )
         saved = _saved(file.header, path)
         _require(file.keys, saved.shapes, path, "its header describes")
-        arrays = _checked(file.read(saved.shapes), path)
+        arrays = _checked(file.read(saved.shapes, saved.dtype), path)
     parts = {"loss": saved.loss, "accuracy": saved.accuracy, "optimizer": saved.optimizer}
     model = _rebuilt(saved.layers, get_backend(backend, saved.dtype), path, **parts)
     state = dict(arrays)

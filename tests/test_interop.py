@@ -255,6 +255,33 @@ def test_a_model_keeps_its_dtype_whatever_float_the_file_holds(backend_name, tmp
             )
 
 
+def test_float64_tensors_load_as_float32_only_if_their_values_fit(backend_name, tmp_path):
+    """Into a float32 model, or rebuilt from float32 metadata: a cast would make 1e300 inf."""
+    with pn.use_backend("numpy", dtype="float32"):
+        interop.save_safetensors(build(), tmp_path / "float32.safetensors")
+    with safetensors.safe_open(tmp_path / "float32.safetensors", "np") as f:
+        metadata = f.metadata()
+    tensors = st_numpy.load_file(tmp_path / "float32.safetensors")
+    huge = {k: v.astype(np.float64) for k, v in tensors.items()}
+    huge["2.bias"] = np.full_like(huge["2.bias"], -1e300)
+    st_numpy.save_file(huge, tmp_path / "huge.safetensors", metadata=metadata)
+    match = r"huge\.safetensors: tensor 2\.bias holds values beyond float32's range; load the"
+
+    with pn.use_backend(backend_name, dtype="float32"):
+        model = build()
+    before = host_parameters(model)
+    with pytest.raises(ModelFileError, match=match):
+        interop.load_safetensors(tmp_path / "huge.safetensors", model)
+    assert_parameters_equal(host_parameters(model), before)
+    with pn.use_backend(backend_name):
+        with pytest.raises(ModelFileError, match=match):
+            interop.load_safetensors(tmp_path / "huge.safetensors")
+    with pn.use_backend(backend_name, dtype="float64"):
+        wide = build()
+    interop.load_safetensors(tmp_path / "huge.safetensors", wide)  # a float64 model holds them
+    assert (host(wide.layers[2].biases) == -1e300).all()
+
+
 def test_loading_draws_no_random_numbers(backend, tmp_path):
     interop.save_safetensors(trained(epochs=2), tmp_path / "model.safetensors")
     pn.seed(5)

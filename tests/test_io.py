@@ -389,6 +389,55 @@ def test_a_portnn_file_under_a_safetensors_name_still_loads(backend, tmp_path):
     assert_parameters_equal(host_parameters(loaded), host_parameters(model))
 
 
+# --- across dtypes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["save", "save_parameters"])
+def test_a_float64_file_loads_into_a_float32_model_only_if_its_values_fit(
+    backend_name, tmp_path, method
+):
+    with pn.use_backend(backend_name, dtype="float64"):
+        wide = build()
+    fits = host_parameters(wide)
+    getattr(wide, method)(tmp_path / "fits.npz")
+    wide.set_parameters([fits[0], (fits[1][0], np.full_like(fits[1][1], 1e300))])
+    getattr(wide, method)(tmp_path / "huge.npz")
+
+    with pn.use_backend(backend_name, dtype="float32"):
+        model = build()
+    before = host_parameters(model)
+    with pytest.raises(
+        ModelFileError,
+        match=r"huge\.npz: layers/3/biases holds values beyond float32's range; load the file "
+        r"into a float64 model",
+    ):
+        model.load_parameters(tmp_path / "huge.npz")
+    assert_parameters_equal(host_parameters(model), before)
+
+    model.load_parameters(tmp_path / "fits.npz")  # the control: values that fit are cast
+    assert all(host(a).dtype == np.float32 for pair in model.get_parameters() for a in pair)
+    expected = [(w.astype(np.float32), b.astype(np.float32)) for w, b in fits]
+    assert_parameters_equal(host_parameters(model), expected)
+
+
+def test_a_parameters_file_holds_its_own_dtype(backend, tmp_path):
+    model = trained(epochs=1)
+    model.save_parameters(tmp_path / "params.npz")
+    good = (tmp_path / "params.npz").read_bytes()
+    for edit, match in [
+        (_set(["dtype"], "int8"), "unsupported dtype 'int8' in the header"),
+        (
+            _put("layers/0/weights", _like("layers/0/weights", np.float64)),
+            "parameter layers/0/weights is float64, but its header says the file is float32",
+        ),
+    ]:
+        (tmp_path / "bad.npz").write_bytes(_rewritten(good, edit))
+        before = host_parameters(model)
+        with pytest.raises(ModelFileError, match=match):
+            model.load_parameters(tmp_path / "bad.npz")
+        assert_parameters_equal(host_parameters(model), before)
+
+
 # --- files that are not portnn files ----------------------------------------------------------
 
 
@@ -670,6 +719,23 @@ BAD_FILES = {
         BOTH,
     ),
     "a member stored twice": (_twice, "holds a member twice", BOTH),
+    # Every array is in the header's dtype, as portnn writes them: a float64 array in a
+    # float32 file would otherwise be cast, 1e300 to inf.
+    "a float64 parameter in a float32 file": (
+        lambda good: _rewritten(
+            good, _put("layers/0/weights", _like("layers/0/weights", np.float64, 1e300))
+        ),
+        r"is corrupt: parameter layers/0/weights is float64, but its header says the file is "
+        "float32",
+        BOTH,
+    ),
+    "float16 optimizer state in a float32 file": (
+        lambda good: _rewritten(
+            good, _put("optimizer/3/biases/cache", _like("layers/3/biases", np.float16))
+        ),
+        "optimizer state optimizer/3/biases/cache is float16, but its header says",
+        BOTH,
+    ),
     "compressed arrays": (_compressed, "are compressed; portnn files hold arrays uncompr", BOTH),
     # The header's values are checked before anything is built (issue 10).
     "negative iterations": (
