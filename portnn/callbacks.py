@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import string
 from collections.abc import Callable
 from typing import Any
 
@@ -129,8 +130,13 @@ class EarlyStopping(_Monitor):
 
 class ModelCheckpoint(_Monitor):
     """Save the model (``model.save``: atomic, portnn's safe format) after each epoch, or
-    only when ``monitor`` improved (``save_best_only=True``). ``path`` may hold
-    ``{epoch}`` and the figures' names: ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``."""
+    only when ``monitor`` improved (``save_best_only=True``, as ``EarlyStopping`` judges).
+
+    ``path`` is a ``str.format`` template: it may name ``{epoch}`` and the figures of
+    ``HISTORY_KEYS`` (``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``), and a brace of the name
+    itself is written twice (a folder named ``run{1}``: ``"run{{1}}/best.npz"``). A path
+    without braces is taken as it is. Anything else in braces, a bad format spec, or a
+    validation figure in a run without validation data is a ValueError before training."""
 
     def __init__(
         self,
@@ -143,11 +149,19 @@ class ModelCheckpoint(_Monitor):
     ) -> None:
         super().__init__(monitor, mode, min_delta)
         self.path = os.fspath(path)
+        self._fields = _template_fields(self.path)
         self.save_best_only = bool(save_best_only)
         self.saved: list[str] = []
 
     def on_train_begin(self, run: Any) -> None:
         self.best = None
+        missing = [name for name in self._fields if name.startswith("val_")]
+        if run.val is None and missing:
+            raise ValueError(
+                f"ModelCheckpoint path {self.path!r} names {', '.join(missing)}, which a run "
+                "without validation data does not report: pass validation_data or "
+                "validation_split, or take it out of the path"
+            )
 
     def on_epoch_end(self, run: Any, epoch: int, logs: dict[str, Any]) -> None:
         if self.save_best_only:
@@ -257,3 +271,31 @@ class HistoryLogger(Callback):
             if f.tell() == 0:
                 writer.writeheader()
             writer.writerow({k: "" if v is None else v for k, v in logs.items()})
+
+
+def _template_fields(path: str) -> list[str]:
+    """The figures that ``path``, a ``str.format`` template, names; a ValueError for
+    anything else in braces, so a bad path fails before training, not after an epoch."""
+    from .training import HISTORY_KEYS  # training imports this module
+
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(path) if name is not None]
+    except ValueError as exc:
+        raise ValueError(
+            f"ModelCheckpoint path {path!r}: {exc}; a brace meant as itself is written twice, "
+            "'{{' or '}}'"
+        ) from None
+    for name in names:
+        if name not in HISTORY_KEYS:
+            raise ValueError(
+                f"ModelCheckpoint path {path!r} has {{{name}}}, but a path may name only "
+                f"{', '.join(HISTORY_KEYS)}; for the braces themselves write {{{{{name}}}}}"
+            )
+    try:  # the format specs and conversions, on figures of the kinds a run reports
+        path.format(**{key: 1 if key == "epoch" else 0.5 for key in HISTORY_KEYS})
+    except (ValueError, LookupError) as exc:
+        raise ValueError(
+            f"ModelCheckpoint path {path!r} does not format: {exc} (epoch is an integer, the "
+            "figures are floats)"
+        ) from None
+    return names

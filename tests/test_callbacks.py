@@ -434,3 +434,93 @@ def test_reduce_on_plateau_sets_the_rate_without_a_schedule(backend):
 def test_reduce_on_plateau_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ReduceLROnPlateau(**kwargs)
+
+
+# --- ModelCheckpoint --------------------------------------------------------------------------
+CHECKPOINT_BEST = [
+    # (monitor, mode, min_delta, figures, the epochs saved)
+    ("val_loss", "auto", 0.0, [1.0, 0.5, 0.75, 0.5, 0.25, NAN], [1, 2, 5]),
+    ("val_accuracy", "auto", 0.0, [0.5, 0.75, 0.625, 0.75, 0.875], [1, 2, 5]),
+    ("val_loss", "max", 0.0, [1.0, 0.5, 1.5], [1, 3]),
+    ("val_accuracy", "min", 0.0, [0.5, 0.75, 0.25], [1, 3]),
+    ("val_loss", "min", 0.25, [1.0, 0.875, 0.75, 0.5], [1, 4]),
+    ("val_loss", "auto", 0.0, [NAN, 1.0, NAN], [2]),
+]
+
+
+@pytest.mark.parametrize(("monitor", "mode", "min_delta", "figures", "saved"), CHECKPOINT_BEST)
+def test_model_checkpoint_saves_only_improvements(
+    backend, tmp_path, monitor, mode, min_delta, figures, saved
+):
+    saver = ModelCheckpoint(
+        tmp_path / "best-{epoch}.npz", monitor, True, mode=mode, min_delta=min_delta
+    )
+    run = drive(saver, figures, monitor)
+    assert saver.saved == [str(tmp_path / f"best-{e}.npz") for e in saved]
+    for e in saved:  # each file holds its epoch's model
+        assert_state_equal(host_state(pn.Model.load(tmp_path / f"best-{e}.npz")), run.states[e - 1])
+
+
+def test_model_checkpoint_saves_every_epoch_under_formatted_names(backend, tmp_path):
+    saver = ModelCheckpoint(tmp_path / "m-{epoch:02d}-{val_loss:.3f}.npz")
+    drive(saver, [1.0, 0.5, 0.75])
+    names = ["m-01-1.000.npz", "m-02-0.500.npz", "m-03-0.750.npz"]
+    assert saver.saved == [str(tmp_path / n) for n in names]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+def test_model_checkpoint_names_files_by_a_real_runs_figures(backend, tmp_path):
+    X, y = regression()
+    saver = ModelCheckpoint(tmp_path / "ckpt-{epoch}-{loss:.6f}-{learning_rate}.npz")
+    history = model_for(lr=0.05).train(X, y, epochs=3, print_every=None, callbacks=[saver])
+    assert saver.saved == [
+        str(tmp_path / f"ckpt-{e}-{loss:.6f}-0.05.npz")
+        for e, loss in zip(history["epoch"], history["loss"], strict=True)
+    ]
+    assert all((tmp_path / p).exists() for p in saver.saved)
+
+
+@pytest.mark.parametrize(
+    ("path", "literal"),
+    [("plain.npz", "plain.npz"), ("run{{1}}/m.npz", "run{1}/m.npz"), ("a}}b.npz", "a}b.npz")],
+)
+def test_model_checkpoint_takes_literal_paths_as_they_are(backend, tmp_path, path, literal):
+    (tmp_path / "run{1}").mkdir()
+    saver = ModelCheckpoint(tmp_path / path)
+    drive(saver, [1.0])
+    assert saver.saved == [str(tmp_path / literal)] and (tmp_path / literal).exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("run{1}/best.npz", r"\{1\}.*epoch, loss.*write \{\{1\}\}"),  # a folder named run{1}
+        ("best-{}.npz", r"has \{\}.*write \{\{\}\}"),
+        ("best-{val_los}.npz", r"\{val_los\}.*val_loss"),
+        ("best-{loss.real}.npz", r"\{loss.real\}"),
+        ("best-{epoch[0]}.npz", r"\{epoch\[0\]\}"),
+        ("best-{loss:d}.npz", r"does not format.*'d'.*floats"),
+        ("best-{epoch:q}.npz", "does not format"),
+        ("best-{loss!x}.npz", "does not format"),
+        ("best-{loss:{1}}.npz", "does not format"),
+        ("best-{.npz", r"written twice, '\{\{' or '\}\}'"),
+        ("best}.npz", r"Single '\}'.*written twice"),
+    ],
+)
+def test_model_checkpoint_refuses_a_bad_template_at_once(tmp_path, path, message):
+    with pytest.raises(ValueError, match=message):
+        ModelCheckpoint(tmp_path / path)
+
+
+def test_model_checkpoint_wants_validation_for_a_val_figure_before_training(backend, tmp_path):
+    X, y = regression()
+    model = model_for()
+    before = host_state(model)
+    saver = ModelCheckpoint(tmp_path / "m-{epoch}-{val_accuracy:.2f}.npz", monitor="loss")
+    with pytest.raises(ValueError, match=r"val_accuracy.*validation_data or validation_split"):
+        model.train(X, y, epochs=2, print_every=None, callbacks=[saver])
+    assert_state_equal(host_state(model), before)  # not one step taken
+    assert list(tmp_path.iterdir()) == [] and saver.saved == []
+    # with validation data the same path is fine
+    model.train(X, y, epochs=1, validation_data=(X, y), print_every=None, callbacks=[saver])
+    assert len(saver.saved) == 1
