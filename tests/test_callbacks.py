@@ -524,3 +524,78 @@ def test_model_checkpoint_wants_validation_for_a_val_figure_before_training(back
     # with validation data the same path is fine
     model.train(X, y, epochs=1, validation_data=(X, y), print_every=None, callbacks=[saver])
     assert len(saver.saved) == 1
+
+
+# --- HistoryLogger, LearningRateScheduler, what a callback sees --------------------------------
+def logged_losses(path):
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert all(list(row) == list(HISTORY_KEYS) for row in rows)
+        return [float(r["loss"]) for r in rows]
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+@pytest.mark.parametrize("append", [False, True])
+def test_history_logger_appends_to_or_replaces_the_last_runs_file(
+    backend, tmp_path, suffix, append
+):
+    X, y = regression()
+    path = tmp_path / f"log{suffix}"
+    model = model_for()
+    first = model.train(X, y, epochs=2, print_every=None, callbacks=[HistoryLogger(path)])
+    logger = HistoryLogger(path, append=append)
+    second = model.train(X, y, epochs=3, print_every=None, callbacks=[logger])
+    expected = (first["loss"] if append else []) + second["loss"]
+    assert logged_losses(path) == pytest.approx(expected, rel=1e-6)
+    if suffix == ".csv":  # one header, at the top
+        assert path.read_text().count("epoch,") == 1
+
+
+def test_learning_rate_scheduler_numbers_epochs_from_1_and_passes_the_base_rate(backend):
+    X, y = regression()
+    calls = []
+
+    def halve(epoch, rate):
+        calls.append((epoch, rate))
+        return rate / 2
+
+    model = model_for(lr=0.5)
+    history = model.train(
+        X, y, epochs=3, print_every=None, callbacks=[LearningRateScheduler(halve)]
+    )
+    assert calls == [(1, 0.5), (2, 0.25), (3, 0.125)]
+    assert history["learning_rate"] == [0.25, 0.125, 0.0625]
+    assert model.optimizer.learning_rate == 0.0625
+
+
+def test_learning_rate_scheduler_refuses_a_rate_that_is_not_positive(backend):
+    X, y = regression()
+    scheduler = LearningRateScheduler(lambda epoch, rate: 0.0 if epoch == 2 else rate)
+    with pytest.raises(ValueError, match="learning rate 0.0 for epoch 2"):
+        model_for().train(X, y, epochs=3, print_every=None, callbacks=[scheduler])
+
+
+class Figures(Callback):
+    def __init__(self):
+        self.logs = []
+
+    def on_epoch_end(self, run, epoch, logs):
+        self.logs.append(dict(logs))
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_a_callback_sees_each_epochs_figures_as_the_history_has_them(backend, validation):
+    X, y = regression()
+    seen = Figures()
+    val = {"validation_data": regression(seed=1, n=16)} if validation else {}
+    history = model_for().train(X, y, epochs=3, print_every=None, callbacks=[seen], **val)
+    assert seen.logs == [{k: history[k][i] for k in HISTORY_KEYS} for i in range(3)]
+    assert all(
+        isinstance(v, float)
+        for logs in seen.logs
+        for k, v in logs.items()
+        if k != "epoch" and v is not None
+    )
+    assert all((logs["val_loss"] is None) != validation for logs in seen.logs)
