@@ -36,7 +36,7 @@ class Callback:
         """Before the first epoch."""
 
     def on_epoch_begin(self, run: Any, epoch: int) -> None:
-        """Before epoch ``epoch`` (counted from 1 in each train call)."""
+        """Before epoch ``epoch`` (from 1, or from ``initial_epoch + 1`` when resumed)."""
 
     def on_epoch_end(self, run: Any, epoch: int, logs: dict[str, Any]) -> None:
         """After epoch ``epoch``, its figures in ``logs`` (validation ones where computed)."""
