@@ -533,6 +533,19 @@ def _twice(good: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def _member(name, change):
+    """The good file with the member ``name`` (an array's name) replaced by
+    ``change(its .npy bytes)``, the zip otherwise as np.savez lays it out."""
+
+    def make(good: bytes) -> bytes:
+        with zipfile.ZipFile(io.BytesIO(good)) as z:
+            members = {info.filename: z.read(info) for info in z.infolist()}
+        members[name + ".npy"] = change(members[name + ".npy"])
+        return _zip(members)
+
+    return make
+
+
 # (how to make the bad file from a good one's bytes, what the message says, which loaders)
 BOTH, MODEL = ("load", "load_parameters"), ("load",)
 BAD_FILES = {
@@ -719,6 +732,23 @@ BAD_FILES = {
         BOTH,
     ),
     "a member stored twice": (_twice, "holds a member twice", BOTH),
+    # A member holds what its .npy header implies, no more and no less: NumPy's reader would
+    # ignore what follows the data.
+    "zeros after a member's data": (
+        _member("layers/3/weights", lambda npy: npy + bytes(8)),
+        r"is corrupt: layers/3/weights declares 320 bytes, the zip 328",
+        BOTH,
+    ),
+    "an array after a member's data": (
+        _member("optimizer/0/biases/cache", lambda npy: npy + _npy(np.ones(16, np.float32))),
+        r"is corrupt: optimizer/0/biases/cache declares \d+ bytes, the zip \d+",
+        BOTH,
+    ),
+    "one float short in a member": (
+        _member("layers/0/biases", lambda npy: npy[:-4]),
+        r"is corrupt: layers/0/biases declares \d+ bytes, the zip \d+",
+        BOTH,
+    ),
     # Every array is in the header's dtype, as portnn writes them: a float64 array in a
     # float32 file would otherwise be cast, 1e300 to inf.
     "a float64 parameter in a float32 file": (
