@@ -318,3 +318,18 @@ def short(value: object, limit: int = 200) -> str:
     """``repr(value)`` cut to fit one line of an error message, however long a file made it."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def checked_name(path: str | os.PathLike, method: str) -> str:
+    """``path``, unless its name says safetensors: every other tool would misread a portnn
+    file under that name, and safetensors cannot hold all ``model.save`` keeps. ``method``
+    (``model.save``, ``--save``, ``ModelCheckpoint``) names what would write it. Checked by
+    the writers, and before a run by whatever saves after it (the command, checkpoints)."""
+    path = os.fspath(path)
+    if os.fsdecode(path).lower().endswith(".safetensors"):
+        raise ValueError(
+            f"cannot save to {os.fsdecode(path)}: {method} writes portnn's .npz format, not "
+            "safetensors; give a .npz name, or write safetensors (architecture and weights; "
+            "no optimizer, loss or accuracy) with portnn.interop.save_safetensors"
+        )
+    return path

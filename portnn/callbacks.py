@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._checks import integer, real
+from ._npz import checked_name
 
 __all__ = [
     "Callback",
@@ -148,7 +149,7 @@ class ModelCheckpoint(_Monitor):
         min_delta: float = 0.0,
     ) -> None:
         super().__init__(monitor, mode, min_delta)
-        self.path = os.fspath(path)
+        self.path = checked_name(path, "ModelCheckpoint")  # a .safetensors name: refused now
         self._fields = _template_fields(self.path)
         self.save_best_only = bool(save_best_only)
         self.saved: list[str] = []

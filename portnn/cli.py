@@ -31,10 +31,10 @@ from typing import Any
 
 import portnn as pn
 
-from . import datasets, distributed, inference, plot, recipes, threads
+from . import _npz, datasets, distributed, inference, plot, recipes, threads
 from .about import environment_report
 from .backend import BACKENDS
-from .scripts import ArgumentParser, check_output, report
+from .scripts import ArgumentParser, UsageError, check_output, report
 from .threads import MAX_THREADS
 
 PROG = "portnn"
@@ -73,6 +73,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.epochs, args.batch_size, args.print_every
     )
     check_output(args.save, "--save")
+    if args.save is not None:  # a name the file format cannot have: a bad command line
+        try:
+            _npz.checked_name(args.save, "--save")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     check_output(args.plot, "--plot", figure=True)
     check_output(args.plot_regions, "--plot-regions", figure=True)
     if args.plot_regions and args.dataset not in ("spiral", "vertical", "sine"):

@@ -89,21 +89,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float)
 
 
-def _portnn_path(path: str | os.PathLike, method: str) -> str:
-    """``path``, unless its name says safetensors: every other tool would misread a portnn
-    file under that name, and safetensors cannot hold all ``model.save`` keeps."""
-    path = os.fspath(path)
-    if os.fsdecode(path).lower().endswith(".safetensors"):
-        raise ValueError(
-            f"cannot save to {os.fsdecode(path)}: {method} writes portnn's .npz format, not "
-            "safetensors; give a .npz name, or write safetensors (architecture and weights; "
-            "no optimizer, loss or accuracy) with portnn.interop.save_safetensors"
-        )
-    return path
-
-
 def save_parameters(model: Model, path: str | os.PathLike) -> None:
-    path = _portnn_path(path, "model.save_parameters")
+    path = _npz.checked_name(path, "model.save_parameters")
     header = {"format": FORMAT, "version": VERSION, "kind": "parameters"}
     header["dtype"] = model.backend.dtype_name
     parameters = {k: v for k, v in model.state_dict().items() if k.startswith("layers/")}
@@ -111,7 +98,7 @@ def save_parameters(model: Model, path: str | os.PathLike) -> None:
 
 
 def save_model(model: Model, path: str | os.PathLike) -> None:
-    path = _portnn_path(path, "model.save")
+    path = _npz.checked_name(path, "model.save")
     state = model.state_dict()
     optimizer = _described(model.optimizer, _OPTIMIZERS)
     if optimizer is not None:

@@ -599,3 +599,13 @@ def test_a_callback_sees_each_epochs_figures_as_the_history_has_them(backend, va
         if k != "epoch" and v is not None
     )
     assert all((logs["val_loss"] is None) != validation for logs in seen.logs)
+
+
+def test_model_checkpoint_refuses_a_safetensors_name_before_training(tmp_path):
+    with pytest.raises(
+        ValueError,
+        match=r"ModelCheckpoint writes portnn's \.npz format.*"
+        r"portnn\.interop\.save_safetensors",
+    ):
+        ModelCheckpoint(tmp_path / "best-{epoch}.SafeTensors")
+    assert list(tmp_path.iterdir()) == []

@@ -372,6 +372,15 @@ def test_a_figure_in_a_format_matplotlib_cannot_write_is_a_usage_error(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_safetensors_save_name_is_a_usage_error_before_training(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(portnn.cli, "_load_data", lambda *args: pytest.fail("data loaded"))
+    code, out, err = run(capsys, "train spiral --epochs 1 --save", tmp_path / "m.safetensors")
+    assert (code, out) == (2, "")
+    assert err.startswith("portnn: error: cannot save to ") and err.count("\n") == 1
+    assert "--save writes portnn's .npz format" in err and "save_safetensors" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_predict_rejects_a_file_that_is_not_an_image(capsys, tmp_path, fashion_dir):
     model_path = tmp_path / "f.npz"
     argv = ["train", "fashion-mnist", "--epochs", "1", "--quiet"]
