@@ -102,12 +102,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     say(f"data: {len(X)} training samples{tests}, {X.shape[1]} features")
     done, resumed = 0, ""
     if args.resume:
-        # The epochs go on from the saved run's, which the file tells only as steps: whole
-        # epochs of this run's batches, else (another batch size) counted from 1, as said.
-        whole = recipes.epochs_done(steps, len(X), batch_size)
-        done = whole or 0
+        # The epochs go on from the saved run's: as this command recorded them, else (a file
+        # saved otherwise) from its steps, as whole epochs of this run's batches, else
+        # (another batch size) counted from 1, as said.
+        recorded = model.metadata.get("epochs")
         per = "full-batch epochs" if batch_size is None else f"epochs of {batches}"
-        after = f"{whole} {per}" if whole is not None else f"not whole {per}: counted from 1"
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 0:
+            whole, after = recorded, f"{recorded} epoch{'' if recorded == 1 else 's'}"
+        else:
+            whole = recipes.epochs_done(steps, len(X), batch_size)
+            after = f"{whole} {per}" if whole is not None else f"not whole {per}: counted from 1"
+        done = whole or 0
         resumed = f", resumed from {args.resume} at step {steps} ({after})"
     say(f"model: {recipes.describe(model, training=True)}{resumed}")
     numbered = f" ({done + 1} to {done + epochs})" if done else ""
@@ -140,6 +145,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if X_test is not None:
             print(_figures("test", *model.evaluate(X_test, y_test, batch_size=batch_size)))
     if args.save:
+        last = history["epoch"][-1] if history["epoch"] else done
+        model.metadata.update(dataset=args.dataset, epochs=last)  # what --resume goes on from
         if comm is None:
             model.save(args.save)
         else:  # rank 0 writes; every rank learns whether it could

@@ -116,8 +116,22 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
         "loss": _described(model.loss, _LOSSES),
         "accuracy": _described(model.accuracy, _ACCURACIES),
         "optimizer": optimizer,
+        "metadata": _metadata(getattr(model, "metadata", {}), "model.metadata", ValueError),
     }
     _npz.write(path, header, _arrays(state))
+
+
+def _metadata(value: Any, where: str, error: type[Exception]) -> dict:
+    """``model.metadata`` checked: a dict of str keys and JSON scalars, kept as it is."""
+    scalars = (str, int, float, bool, type(None))
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, scalars) for k, v in value.items()
+    ):
+        raise error(
+            f"{where} must be a dict of str keys and str, int, float, bool or None values, "
+            f"got {_npz.short(value)}"
+        )
+    return dict(value)
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -288,6 +302,7 @@ def load_model(path: str | os.PathLike, backend: str | Backend | None = None) ->
                 "load it into a built model with model.load_parameters(path)"
             )
         saved = _saved(file.header, path)
+        metadata = _metadata(file.header.get("metadata", {}), f"{path}: metadata", ModelFileError)
         _require(file.keys, saved.shapes, path, "its header describes")
         arrays = _checked(file.read(saved.shapes, saved.dtype), path)
     parts = {"loss": saved.loss, "accuracy": saved.accuracy, "optimizer": saved.optimizer}
@@ -297,6 +312,7 @@ def load_model(path: str | os.PathLike, backend: str | Backend | None = None) ->
         state["optimizer/iterations"] = saved.optimizer.iterations
         state["optimizer/current_learning_rate"] = saved.optimizer.current_learning_rate
     model.load_state_dict(state)
+    model.metadata = metadata
     return model
 
 

@@ -33,6 +33,9 @@ class Model:
         self.loss: Loss | None = None
         self.optimizer: Optimizer | None = None
         self.accuracy: Accuracy | None = None
+        # What a run wants to find again with the model (``save`` keeps it, ``load`` gives it
+        # back): names and plain numbers, e.g. the command's dataset and epochs trained.
+        self.metadata: dict[str, str | int | float | bool | None] = {}
         self._finalized = False
         for layer in layers or ():
             self.add(layer)
@@ -248,7 +251,8 @@ class Model:
         ``.npz`` is the custom). A ``.safetensors`` name is refused rather than given a zip:
         safetensors holds tensors and string metadata, so portnn's safetensors file (written
         by ``portnn.interop.save_safetensors``, read by ``portnn.interop.load_safetensors``)
-        keeps the architecture and weights but no optimizer state, loss or accuracy."""
+        keeps the architecture and weights but no optimizer state, loss or accuracy.
+        ``self.metadata`` (str keys, plain values) is kept too, and ``load`` gives it back."""
         from . import io
 
         io.save_model(self, path)

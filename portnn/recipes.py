@@ -276,6 +276,12 @@ def resume(
     model = load_model(path, backend)
     if model.optimizer is None:
         raise ValueError(f"{path} holds no optimizer to resume; save it with model.save")
+    trained_on = model.metadata.get("dataset")  # as portnn train --save records it
+    if trained_on is not None and trained_on != data:
+        raise ValueError(
+            f"{path} was trained on {trained_on}, not {data}: resume it with "
+            f"portnn train {trained_on} --resume {path}, or train {data} afresh"
+        )
     if model.n_inputs != n_inputs:
         raise ValueError(f"{path} takes {model.n_inputs} features, but {data} has {n_inputs}")
     kind = {True: "a regression", False: "a classification"}

@@ -236,7 +236,10 @@ def _spiral_model(tmp_path):
 ERRORS = {
     "unknown command": (lambda t: ["fly"], "invalid choice"),
     "unknown dataset": (lambda t: ["train", "mnist"], "unknown dataset 'mnist'"),
-    "unknown backend": (lambda t: ["train", "spiral", "--backend", "jax"], "unknown backend 'jax'"),
+    "unknown backend": (
+        lambda t: ["train", "spiral", "--backend", "tensorflow"],
+        "unknown backend 'tensorflow'",
+    ),
     "bad epochs": (lambda t: ["train", "spiral", "--epochs", "ten"], "--epochs: must be a pos"),
     "zero epochs": (lambda t: ["train", "spiral", "--epochs", "0"], "--epochs: must be a pos"),
     "bad learning rate": (
@@ -687,7 +690,7 @@ def test_resume_goes_on_counting_the_epochs(capsys, tmp_path, drawn):
     command = "train spiral --epochs 3 --print-every 1 --resume"
     code, out, err = run(capsys, command, first, "--plot", tmp_path / "h.png")
     assert code == 0, err
-    assert f"resumed from {first} at step 4 (4 full-batch epochs)" in out
+    assert f"resumed from {first} at step 4 (4 epochs)" in out
     assert "training: 3 epochs (5 to 7), full batch" in out
     printed = re.findall(r"^epoch: (\d+),", out, flags=re.M)
     assert printed == ["5", "6", "7"] and "trained 3 epochs in " in out
@@ -703,12 +706,36 @@ def test_resume_with_other_batches_counts_from_one_and_says_so(capsys, tmp_path)
     command = "train digits --epochs 2 --print-every 1 --batch-size 100 --resume"
     code, out, err = run(capsys, command, first)
     assert code == 0, err
+    assert "at step 45 (1 epoch)" in out  # as the command recorded it
+    assert re.findall(r"^epoch: (\d+),", out, flags=re.M) == ["2", "3"]
+    # A file saved from Python holds no epoch count: it is taken from the steps.
+    bare = pn.Model.load(first)
+    bare.metadata = {}
+    bare.save(first)
+    code, out, err = run(capsys, command, first)
+    assert code == 0, err
     assert "at step 45 (3 epochs of batches of 100)" in out  # 15 a pass: 45 steps make 3
     assert re.findall(r"^epoch: (\d+),", out, flags=re.M) == ["4", "5"]
     code, out, err = run(capsys, "train digits --epochs 1 --batch-size 7 --resume", first)
     assert code == 0, err
     assert "at step 45 (not whole epochs of batches of 7: counted from 1)" in out
     assert re.findall(r"^epoch: (\d+),", out, flags=re.M) == ["1"]
+
+
+def test_resume_refuses_another_dataset_of_the_same_shapes(capsys, tmp_path):
+    """spiral and vertical both have 2 features and 3 classes: the file names its dataset."""
+    saved = tmp_path / "spiral.npz"
+    assert main(["train", "spiral", "--epochs", "2", "--quiet", "--save", str(saved)]) == 0
+    assert pn.Model.load(saved).metadata == {"dataset": "spiral", "epochs": 2}
+    before = saved.read_bytes()
+    capsys.readouterr()
+    code, out, err = run(capsys, "train vertical --epochs 1 --save", saved, "--resume", saved)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"portnn: error: {saved} was trained on spiral, not vertical: resume it with "
+        f"portnn train spiral --resume {saved}, or train vertical afresh\n"
+    )
+    assert saved.read_bytes() == before
 
 
 def test_resume_refuses_a_model_that_does_not_fit_the_dataset(capsys, tmp_path):

@@ -116,6 +116,24 @@ def test_a_model_without_loss_or_optimizer_round_trips(backend, tmp_path):
     np.testing.assert_array_equal(host(loaded.predict(X)), host(model.predict(X)))
 
 
+def test_metadata_is_saved_and_loaded_with_the_model(backend, tmp_path):
+    model = trained(epochs=2)
+    assert pn.Model.load(_saved(model, tmp_path / "plain.npz")).metadata == {}
+    model.metadata = {"dataset": "spiral", "epochs": 2, "lr": 0.5, "ok": True, "note": None}
+    loaded = pn.Model.load(_saved(model, tmp_path / "model.npz"))
+    assert loaded.metadata == model.metadata and loaded.metadata is not model.metadata
+    for bad in ({"epochs": [1, 2]}, {1: "spiral"}, "spiral", {"x": np.float32(1)}):
+        model.metadata = bad
+        with pytest.raises(ValueError, match="model.metadata must be a dict of str keys"):
+            model.save(tmp_path / "bad.npz")
+    assert not (tmp_path / "bad.npz").exists()
+
+
+def _saved(model, path):
+    model.save(path)
+    return path
+
+
 def test_loading_draws_no_random_numbers(backend, tmp_path):
     trained().save(tmp_path / "model.npz")
     pn.seed(5)
@@ -565,6 +583,16 @@ BAD_FILES = {
         lambda good: _npz({"layers/0/weights": np.ones((2, 16))}),
         "without a portnn header",
         BOTH,
+    ),
+    "metadata that is not a dict": (
+        lambda good: _rewritten(good, _set(["metadata"], ["spiral"])),
+        "metadata must be a dict of str keys",
+        MODEL,
+    ),
+    "metadata holding a list": (
+        lambda good: _rewritten(good, _set(["metadata"], {"dataset": ["spiral"]})),
+        "metadata must be a dict of str keys",
+        MODEL,
     ),
     "a zip of other files": (
         lambda good: _zip({"readme.txt": b"hello", "data.csv": b"1,2\n"}),
