@@ -152,7 +152,7 @@ def test_unsupported_dtype_raises(backend_name, dtype):
         pn.use_backend(backend_name, dtype=dtype).__enter__()
 
 
-@pytest.mark.parametrize("name", ["jax", "tensorflow", "", "nump"])
+@pytest.mark.parametrize("name", ["mxnet", "tensorflow", "", "nump"])
 def test_unknown_backend_lists_the_known_names(name):
     for call in (pn.get_backend, pn.set_backend, lambda n: pn.use_backend(n).__enter__()):
         with pytest.raises(ValueError, match="unknown backend") as info:
@@ -167,6 +167,7 @@ def test_unknown_backend_lists_the_known_names(name):
         ("array_api_strict", "array_api_strict", "portnn[strict]"),
         ("torch", "torch", "portnn[torch]"),
         ("cupy", "cupy", "portnn[cupy]"),
+        ("jax", "jax", "portnn[jax]"),
     ],
 )
 def test_missing_library_names_the_pip_extra(monkeypatch, name, module, extra):
@@ -260,7 +261,7 @@ def test_asarray_takes_numpy_and_python_data(backend, value, kind):
     np.testing.assert_array_equal(pn.to_numpy(x), np.asarray(value).astype(pn.to_numpy(x).dtype))
 
 
-@pytest.mark.parametrize("source", ["array_api_strict", "torch", "cupy"])  # NumPy data is taken
+@pytest.mark.parametrize("source", ["array_api_strict", "torch", "cupy", "jax"])  # NumPy: taken
 def test_asarray_refuses_another_librarys_array(backend, source):
     if source == backend.name:
         pytest.skip("same library")
@@ -325,8 +326,8 @@ def test_only_the_backend_classes_name_a_library():
     # the namespace from its arrays or asks the array's Backend class.
     root = Path(pn.__file__).parent
     pattern = re.compile(
-        r"""\.name\s*[!=]=\s*["'](numpy|cupy|torch|array_api_strict)["']"""
-        r"""|library_of\([^)]*\)\s*(==|in)|^\s*(import|from)\s+(torch|cupy|array_api_strict)\b""",
+        r"""\.name\s*[!=]=\s*["'](numpy|cupy|torch|array_api_strict|jax)["']"""
+        r"""|library_of\([^)]*\)\s*(==|in)|^\s*(import|from)\s+(torch|cupy|array_api_strict|jax)\b""",
         re.MULTILINE,
     )
     offenders = [
@@ -374,6 +375,31 @@ def test_torch_devices_are_real():
             x = pn.to_backend(np.ones(2, dtype=np.float32), b)
             assert x.device.type == "cuda"
             assert backend_module.backend_of(x) == b
+
+
+def test_jax_devices_dtypes_and_keys():
+    if "jax" not in pn.available_backends():
+        pytest.skip("jax is not installed")
+    import jax
+
+    for spelled in ("cpu", "cpu:0", jax.devices("cpu")[0]):
+        with pn.use_backend("jax", device=spelled) as b:
+            x = pn.to_backend(np.ones(2, dtype=np.float32), b)
+            assert x.device == jax.devices("cpu")[0]
+            assert backend_module.backend_of(x) == b
+    # Loading the backend enabled 64-bit types: float64 and int64 are not cut to 32 bits.
+    assert pn.to_backend(np.ones(2), "jax").dtype == np.float64
+    assert pn.to_backend(np.arange(3), "jax").dtype == np.int64
+    assert pn.get_backend("jax").asarray([0.5]).dtype == np.float32
+    # The stateful generator over JAX's keys: each draw moves on, one seed repeats.
+    b = pn.get_backend("jax")
+    g, h = b.generator(3), b.generator(3)
+    first = pn.to_numpy(b.uniform(g, (4,)))
+    assert not np.array_equal(first, pn.to_numpy(b.uniform(g, (4,))))
+    np.testing.assert_array_equal(first, pn.to_numpy(b.uniform(h, (4,))))
+    assert sorted(pn.to_numpy(b.permutation(g, 5)).tolist()) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="devices"):
+        pn.set_backend("jax", device="cpu:99")
 
 
 def test_each_library_lists_its_devices(backend):

@@ -6,8 +6,8 @@ Selection, first match wins: an explicit ``backend=`` argument, ``with use_backe
 Arrays never move between libraries silently: ``to_numpy`` and ``to_backend`` are the moves.
 
 Everything that differs between libraries lives in one class per library (``_numpy.py``,
-``_strict.py``, ``_torch.py``, ``_cupy.py``) over the portable ``Backend`` of ``_base.py``;
-this module only chooses among them. No other module names a library.
+``_strict.py``, ``_torch.py``, ``_cupy.py``, ``_jax.py``) over the portable ``Backend`` of
+``_base.py``; this module only chooses among them. No other module names a library.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 
 from ._base import Backend, dtype_name
 from ._cupy import CupyBackend
+from ._jax import JaxBackend
 from ._numpy import NumpyBackend
 from ._strict import StrictBackend
 from ._torch import TorchBackend
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 _CLASSES: dict[str, type[Backend]] = {
-    c.name: c for c in (NumpyBackend, StrictBackend, TorchBackend, CupyBackend)
+    c.name: c for c in (NumpyBackend, StrictBackend, TorchBackend, CupyBackend, JaxBackend)
 }
 BACKENDS = tuple(_CLASSES)
 DTYPES = ("float32", "float64")
@@ -53,10 +54,8 @@ DTYPES = ("float32", "float64")
 
 def library_of(x: Any) -> str | None:
     """The backend name of an array (``"numpy"``, ``"cupy"``...), or None for non-arrays."""
-    module = type(x).__module__.split(".")[0]
-    if module == "numpy":
-        return "numpy" if isinstance(x, np.ndarray | np.generic) else None
-    return module if module in _CLASSES else None
+    cls = _class_of_type(type(x))
+    return None if cls is None else cls.name
 
 
 @functools.cache
@@ -64,7 +63,7 @@ def _class_of_type(kind: type) -> type[Backend] | None:
     module = kind.__module__.split(".")[0]
     if module == "numpy" and not issubclass(kind, np.ndarray | np.generic):
         return None
-    return _CLASSES.get(module)
+    return next((c for c in _CLASSES.values() if module in (c.name, *c.modules)), None)
 
 
 def backend_class(x: Any) -> type[Backend]:

@@ -45,6 +45,8 @@ class Backend:
 
     name: ClassVar[str]
     extra: ClassVar[str]
+    # Top-level modules its array types live in besides ``name`` (jax's are jaxlib's).
+    modules: ClassVar[tuple[str, ...]] = ()
     # Whether portnn.distributed can sum this library's GPU arrays with NCCL (CuPy's).
     has_nccl: ClassVar[bool] = False
 
