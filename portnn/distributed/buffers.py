@@ -9,7 +9,8 @@ the arrays' Backend class.
 
 A buffer is laid out once for its parameters (their library, device, dtype and shapes: its
 ``layout``) and reused every step: packing, summing and unpacking allocate nothing, and the
-layers get views of it back, valid until the next all-reduce. A new layout takes a new
+layers get views of it back, valid until the next all-reduce (copies, for a library whose
+arrays cannot alias NumPy's memory: JAX's are immutable). A new layout takes a new
 buffer (``DistributedOptimizer`` checks)."""
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _checked_layout(params: list) -> list[tuple[Backend, tuple[int, ...]]]:
 
 class _HostBuffer:
     """Every gradient of ``slots`` in one NumPy buffer, plus two slots: this rank's sample
-    count and its failure flag. The layers get views of the buffer back (no copy out)."""
+    count and its failure flag. The layers get views of the buffer back (no copy out) where
+    their library's arrays can alias it, else copies."""
 
     path = "host"
 
@@ -76,7 +78,13 @@ class _HostBuffer:
             self.buffer[a:b].reshape(tuple(p.shape))
             for p, a, b in zip(params, bounds[:-1], bounds[1:], strict=True)
         ]
-        self.outs = [xp.from_dlpack(v) for v in self.views]  # the backend's arrays over them
+        self.xp, self.outs = xp, [xp.from_dlpack(v) for v in self.views]  # arrays over them
+        # A library of immutable arrays (JAX) copies instead: its arrays are made anew from
+        # the views at each unpack, since the buffer is written again at the next step.
+        self.aliased = all(
+            np.from_dlpack(o).ctypes.data == v.ctypes.data
+            for o, v in zip(self.outs, self.views, strict=True)
+        )
 
     def pack(self, grads: list, scale: float) -> None:
         for view, grad in zip(self.views, grads, strict=True):
@@ -95,7 +103,7 @@ class _HostBuffer:
     def unpack(self, divisor: float) -> list:
         if divisor != 1:
             np.divide(self.flat, divisor, out=self.flat)
-        return self.outs
+        return self.outs if self.aliased else [self.xp.from_dlpack(v) for v in self.views]
 
 
 class _DeviceBuffer:
