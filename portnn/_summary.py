@@ -7,7 +7,7 @@ import math
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from .layers import Dense, Layer
+from .layers import Layer
 
 if TYPE_CHECKING:
     from .model import Model
@@ -35,10 +35,9 @@ def summary(model: Model) -> str:
     """Each layer with its output shape and parameter count, the totals, the loss and
     optimizer, and where the model computes."""
     rows = [("layer", "output shape", "parameters")]
-    width = model.n_inputs
-    for i, layer in enumerate(model.layers):
-        width = layer.n_neurons if isinstance(layer, Dense) else width
-        rows.append((f"{i}  {layer!r}", f"(batch, {width})", f"{parameter_count(layer):,}"))
+    for i, (layer, shape) in enumerate(zip(model.layers, model.shapes(), strict=True)):
+        shown = ", ".join("batch" if n is None else str(n) for n in shape)
+        rows.append((f"{i}  {layer!r}", f"({shown})", f"{parameter_count(layer):,}"))
     header, *lines = table(rows, right={2})
     rule = "-" * len(header)
     b = model.backend

@@ -213,18 +213,12 @@ def _parameter_shapes(cls: type, config: dict, i: int, path: str) -> dict[str, t
     """The shapes a layer's config implies, known before the layer is built: Dense draws its
     initial weights when built, so a header alone could otherwise make loading allocate
     gigabytes."""
-    if not cls.param_names:
-        return {}
-    if cls is not layers.Dense:  # a new layer with parameters must say its shapes here
-        raise TypeError(f"portnn.io does not know the parameter shapes of {cls.__name__}")
-    sizes = config.get("n_inputs"), config.get("n_neurons")
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+    try:
+        return cls.parameter_shapes(config)
+    except ValueError as exc:
         raise ModelFileError(
-            f"{path}: the saved architecture cannot be rebuilt: layer {i} is a Dense with "
-            f"n_inputs={sizes[0]!r} and n_neurons={sizes[1]!r}, not positive integers"
-        )
-    n_inputs, n_neurons = sizes
-    return {"weights": (n_inputs, n_neurons), "biases": (1, n_neurons)}
+            f"{path}: the saved architecture cannot be rebuilt: layer {i} is {exc}"
+        ) from None
 
 
 def _set_step_count(opt: optimizers.Optimizer, described: dict, path: str) -> None:
@@ -330,4 +324,4 @@ def _rebuilt(specs: list[tuple[type, dict]], target: Backend, path: str, **parts
 
 
 def _layer(cls: type, config: dict, target: Backend) -> layers.Layer:
-    return cls(**config, backend=target) if cls is layers.Dense else cls(**config)
+    return cls(**config, backend=target) if cls.param_names else cls(**config)

@@ -15,9 +15,31 @@ INITS = ("book", "he", "glorot")
 
 
 class Layer:
-    """Base class. ``param_names`` lists the trainable arrays; each has a gradient ``d<name>``."""
+    """Base class. ``param_names`` lists the trainable arrays; each has a gradient ``d<name>``.
+
+    A layer type is its math (``forward``/``backward``), its shapes (``output_shape``,
+    ``parameter_shapes``) and its config (``get_config``, the constructor's arguments): the
+    model, files, the summary and interop ask these, never the layer's class. A layer with
+    parameters also takes ``backend=`` (and ``dtype=``) in its constructor, where they go."""
 
     param_names: tuple[str, ...] = ()
+    n_inputs: int | None = None  # the feature width its inputs must have (None: any)
+
+    def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        """The shape of the output for inputs of ``input_shape`` (None: any size, such as the
+        batch), or a ValueError saying why it cannot take them. Default: the same shape."""
+        return tuple(input_shape)
+
+    @classmethod
+    def parameter_shapes(cls, config: dict) -> dict[str, tuple[int, ...]]:
+        """Each of ``param_names``' shapes in a layer built from ``config`` (``get_config``'s),
+        known before it is built (a file is checked against them before a weight is drawn);
+        a ValueError if the config cannot make them."""
+        return {}
+
+    def regularization_loss(self) -> Any:
+        """What this layer adds to the loss as a penalty: nothing by default."""
+        return 0.0
 
     def forward(self, inputs: Any, training: bool = False) -> Any:
         raise NotImplementedError
@@ -139,6 +161,27 @@ class Dense(Layer):
         self.dweights, self.dbiases = dweights, dbiases
         self.dinputs = dvalues @ self.weights.T if self.compute_dinputs else None
         return self.dinputs
+
+    def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        """``(batch, n_neurons)`` from ``(batch, n_inputs)``."""
+        if len(input_shape) != 2 or input_shape[-1] not in (None, self.n_inputs):
+            shape = ", ".join("batch" if n is None else str(n) for n in input_shape)
+            raise ValueError(
+                f"{self!r} takes inputs of shape (batch, {self.n_inputs}), not ({shape})"
+            )
+        return (input_shape[0], self.n_neurons)
+
+    @classmethod
+    def parameter_shapes(cls, config: dict) -> dict[str, tuple[int, ...]]:
+        """``weights (n_inputs, n_neurons)``, ``biases (1, n_neurons)``."""
+        sizes = config.get("n_inputs"), config.get("n_neurons")
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
+            raise ValueError(
+                f"a Dense with n_inputs={sizes[0]!r} and n_neurons={sizes[1]!r}, not positive "
+                "integers"
+            )
+        n_inputs, n_neurons = sizes
+        return {"weights": (n_inputs, n_neurons), "biases": (1, n_neurons)}
 
     def regularization_loss(self) -> Any:
         """``l1w*sum|W| + l2w*sum(W*W) + l1b*sum|b| + l2b*sum(b*b)``, on the device."""

@@ -16,7 +16,7 @@ from ._checks import integer
 from ._inputs import prepare, prepare_x
 from ._xp import quiet_float_errors
 from .backend import Backend, backend_of, common_backend, get_backend
-from .layers import Dense, Layer
+from .layers import Layer
 from .losses import Loss
 from .metrics import Accuracy
 from .optimizers import Optimizer
@@ -73,13 +73,7 @@ class Model:
         cross-entropy, skip the data gradient of the first layer, choose a default accuracy."""
         if not self.layers:
             raise ValueError("the model has no layers; add some with Model.add(layer)")
-        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
-        for a, b in zip(dense, dense[1:], strict=False):
-            if a.n_neurons != b.n_inputs:
-                raise ValueError(
-                    f"layer sizes do not chain: {a!r} gives {a.n_neurons} outputs but the next "
-                    f"Dense takes {b.n_inputs} inputs"
-                )
+        self.shapes()  # layers whose sizes do not chain fail here, not at the first batch
         self.trainable_layers = [layer for layer in self.layers if layer.param_names]
         common_backend(
             {
@@ -88,7 +82,7 @@ class Model:
                 for n in la.param_names
             }
         )
-        for layer in dense:
+        for layer in self.layers:  # a layer with parameters skips the data's gradient
             layer.compute_dinputs = layer is not self.layers[0]
         self.output_layer = self.layers[-1]
         # The loss says what it fuses with; the model only asks (no guess from its type).
@@ -115,11 +109,26 @@ class Model:
 
     @property
     def n_inputs(self) -> int | None:
-        return next((la.n_inputs for la in self.layers if isinstance(la, Dense)), None)
+        """The features a sample must have: the first layer's that says (None: any)."""
+        return next((la.n_inputs for la in self.layers if la.n_inputs is not None), None)
 
     @property
     def n_outputs(self) -> int | None:
-        return next((la.n_neurons for la in reversed(self.layers) if isinstance(la, Dense)), None)
+        """The width of the model's output (None where no layer fixes it)."""
+        return self.shapes()[-1][-1] if self.layers else None
+
+    def shapes(self) -> list[tuple[int | None, ...]]:
+        """Each layer's output shape (None: the batch, or any size), from ``(None,
+        n_inputs)``; a ValueError naming the first layer that cannot take its inputs."""
+        shape: tuple[int | None, ...] = (None, self.n_inputs)
+        out = []
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer sizes do not chain at layer {i}: {exc}") from None
+            out.append(shape)
+        return out
 
     def to(self, backend: str | Backend, dtype: Any = None) -> Model:
         """Move every parameter and the optimizer's state to ``backend`` (and ``dtype``)."""
@@ -131,15 +140,18 @@ class Model:
         return self
 
     def __repr__(self) -> str:
-        sizes = "-".join(str(n) for n in self._sizes()) or "no Dense layers"
+        sizes = "-".join(str(n) for n in self._sizes()) or "no layers with parameters"
         return (
             f"Model({sizes}, {len(self.layers)} layers, {self.count_parameters():,} parameters, "
             f"loss={self.loss!r}, optimizer={self.optimizer!r})"
         )
 
     def _sizes(self) -> list[int]:
-        dense = [la for la in self.layers if isinstance(la, Dense)]
-        return [dense[0].n_inputs, *(la.n_neurons for la in dense)] if dense else []
+        """The widths ``2-64-3`` names: the inputs, then each layer with parameters' output."""
+        if not any(la.param_names for la in self.layers):
+            return []
+        widths = [s[-1] for la, s in zip(self.layers, self.shapes(), strict=True) if la.param_names]
+        return [self.n_inputs, *widths]
 
     def count_parameters(self) -> int:
         """How many numbers training adjusts (weights and biases of every layer)."""

@@ -249,7 +249,7 @@ def describe(model: Model, *, training: bool = False) -> str:
     first, then the other layers' kinds once each: ``2-64-3 (ReLU, Softmax)``; with
     ``training``, then the loss and the optimizer: ``..., CategoricalCrossentropy,
     Adam(learning_rate=0.05, decay=5e-07)``."""
-    kinds = [type(layer).__name__ for layer in model.layers if not isinstance(layer, Dense)]
+    kinds = [type(layer).__name__ for layer in model.layers if not layer.param_names]
     text = f"{'-'.join(map(str, model._sizes()))} ({', '.join(dict.fromkeys(kinds))})"
     if not training:
         return text

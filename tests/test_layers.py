@@ -237,3 +237,76 @@ def test_dense_rejects_unknown_initialisation():
 def test_dropout_rejects_rates_outside_zero_one(rate):
     with pytest.raises(ValueError, match=r"Dropout rate .* \[0, 1\)"):
         pn.Dropout(rate)
+
+
+# --- the layer contract: shapes and config, asked of every layer type ------------------------
+CONTRACT = [
+    lambda: pn.Dense(5, 3, weight_regularizer_l2=1e-3, weight_init="he"),
+    lambda: pn.Dropout(0.25),
+    lambda: pn.Input(),
+    pn.ReLU,
+    pn.Softmax,
+    pn.Sigmoid,
+    pn.Linear,
+    pn.Tanh,
+    lambda: pn.LeakyReLU(0.2),
+]
+
+
+@pytest.mark.parametrize("make", CONTRACT, ids=lambda m: repr(m()))
+def test_every_layer_says_its_shapes_and_config(backend, make):
+    layer = make()
+    x = backend.asarray(np.random.RandomState(0).uniform(-1, 1, (4, 5)))
+    y = layer.forward(x, training=False)
+    assert layer.output_shape((None, 5)) == (None, *tuple(y.shape)[1:])
+    assert layer.output_shape((4, 5)) == tuple(y.shape)
+    config = layer.get_config()
+    shapes = {name: tuple(getattr(layer, name).shape) for name in layer.param_names}
+    assert type(layer).parameter_shapes(config) == shapes
+    rebuilt = type(layer)(**config)
+    assert rebuilt.get_config() == config and repr(rebuilt) == repr(layer)
+    if not layer.param_names:
+        assert layer.regularization_loss() == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [((None, 4), r"takes inputs of shape \(batch, 5\), not \(batch, 4\)"), ((None, 5, 1), "not")],
+)
+def test_dense_refuses_inputs_it_cannot_take(shape, match):
+    with pytest.raises(ValueError, match=match):
+        pn.Dense(5, 3).output_shape(shape)
+    for config in ({"n_inputs": 0, "n_neurons": 3}, {"n_inputs": "5", "n_neurons": 3}, {}):
+        with pytest.raises(ValueError, match="not positive integers"):
+            pn.Dense.parameter_shapes(config)
+
+
+def test_a_new_layer_type_needs_only_its_math_shapes_and_config(backend, tmp_path):
+    """A layer the library has never heard of trains, summarises and chains in a model."""
+
+    class Repeat(pn.Layer):
+        """Each feature twice: ``[x, x]``; backward sums the two halves' gradients."""
+
+        def output_shape(self, input_shape):
+            return (input_shape[0], None if input_shape[1] is None else 2 * input_shape[1])
+
+        def forward(self, inputs, training=False):
+            self.output = pn.get_backend().xp.concat([inputs, inputs], axis=1)
+            return self.output
+
+        def backward(self, dvalues):
+            n = dvalues.shape[1] // 2
+            self.dinputs = dvalues[:, :n] + dvalues[:, n:]
+            return self.dinputs
+
+    model = pn.Model([pn.Dense(2, 3), Repeat(), pn.ReLU(), pn.Dense(6, 3), pn.Softmax()])
+    model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.Adam(0.02))
+    assert model.shapes() == [(None, 3), (None, 6), (None, 6), (None, 3), (None, 3)]
+    assert model.n_inputs == 2 and model.n_outputs == 3
+    X, y = pn.datasets.spiral(20, 3)
+    history = model.train(X, y, epochs=30, print_every=None)
+    assert history["loss"][-1] < history["loss"][0]
+    assert "(batch, 6)" in pn._summary.summary(model)
+    wrong = pn.Model([pn.Dense(2, 3), Repeat(), pn.Dense(3, 3), pn.Softmax()])
+    with pytest.raises(ValueError, match=r"do not chain at layer 2: .*not \(batch, 6\)"):
+        wrong.finalize()
