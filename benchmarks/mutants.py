@@ -829,7 +829,7 @@ MUTATIONS = [
     ),
     Mutation(
         "stratified-rounds-the-total",
-        "portnn/training.py",
+        "portnn/random.py",
         "rng.permutation(members)[: int(round(members.size * fraction))]",
         "rng.permutation(members)[: int(round(members.size * fraction)) + 1]",
         "a stratified split holds out one sample too many of each class",

@@ -7,7 +7,7 @@ import math
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from .layers import Layer
+from .layers import Layer, shape_text
 
 if TYPE_CHECKING:
     from .model import Model
@@ -36,8 +36,7 @@ def summary(model: Model) -> str:
     optimizer, and where the model computes."""
     rows = [("layer", "output shape", "parameters")]
     for i, (layer, shape) in enumerate(zip(model.layers, model.shapes(), strict=True)):
-        shown = ", ".join("batch" if n is None else str(n) for n in shape)
-        rows.append((f"{i}  {layer!r}", f"({shown})", f"{parameter_count(layer):,}"))
+        rows.append((f"{i}  {layer!r}", shape_text(shape), f"{parameter_count(layer):,}"))
     header, *lines = table(rows, right={2})
     rule = "-" * len(header)
     b = model.backend

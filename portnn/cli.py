@@ -145,8 +145,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if X_test is not None:
             print(_figures("test", *model.evaluate(X_test, y_test, batch_size=batch_size)))
     if args.save:
-        last = history["epoch"][-1] if history["epoch"] else done
-        model.metadata.update(dataset=args.dataset, epochs=last)  # what --resume goes on from
+        # What --resume goes on from: the dataset, and the number of the last epoch trained.
+        model.metadata.update(dataset=args.dataset, epochs=history["epoch"][-1])
         if comm is None:
             model.save(args.save)
         else:  # rank 0 writes; every rank learns whether it could

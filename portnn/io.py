@@ -116,7 +116,7 @@ def save_model(model: Model, path: str | os.PathLike) -> None:
         "loss": _described(model.loss, _LOSSES),
         "accuracy": _described(model.accuracy, _ACCURACIES),
         "optimizer": optimizer,
-        "metadata": _metadata(getattr(model, "metadata", {}), "model.metadata", ValueError),
+        "metadata": _metadata(model.metadata, "model.metadata", ValueError),
     }
     _npz.write(path, header, _arrays(state))
 

@@ -14,6 +14,11 @@ from .backend import Backend, backend_of, get_backend, to_backend
 INITS = ("book", "he", "glorot")
 
 
+def shape_text(shape: tuple[int | None, ...]) -> str:
+    """``(batch, 64)``: a shape as the summary and the errors write it, None as "batch"."""
+    return f"({', '.join('batch' if n is None else str(n) for n in shape)})"
+
+
 class Layer:
     """Base class. ``param_names`` lists the trainable arrays; each has a gradient ``d<name>``.
 
@@ -165,9 +170,9 @@ class Dense(Layer):
     def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """``(batch, n_neurons)`` from ``(batch, n_inputs)``."""
         if len(input_shape) != 2 or input_shape[-1] not in (None, self.n_inputs):
-            shape = ", ".join("batch" if n is None else str(n) for n in input_shape)
             raise ValueError(
-                f"{self!r} takes inputs of shape (batch, {self.n_inputs}), not ({shape})"
+                f"{self!r} takes inputs of shape (batch, {self.n_inputs}), "
+                f"not {shape_text(input_shape)}"
             )
         return (input_shape[0], self.n_neurons)
 

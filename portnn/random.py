@@ -61,6 +61,50 @@ def split_generator() -> np.random.Generator:
     return np.random.default_rng(None if _seed is None else _seed + 2)
 
 
+def held_out(
+    y: np.ndarray, fraction: float, mode: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``validation_split``'s rows of targets ``y`` (on the host): the rows kept for training
+    and the rows held out, each in order, and each sample's class (None for targets that
+    are not classes). ``mode`` "last" holds out the last ``fraction`` of the rows,
+    "shuffle" a random draw of them, "stratified" a random draw of that fraction of every
+    class, both from ``split_generator``."""
+    n = len(y)
+    labels = _class_labels(y)
+    if mode == "last":
+        held = np.arange(n - int(round(n * fraction)), n)
+    elif mode == "shuffle":
+        held = split_generator().permutation(n)[: int(round(n * fraction))]
+    else:
+        if labels is None:
+            raise ValueError(
+                "validation_split_mode='stratified' needs class labels (class indices, one-hot "
+                "or 0/1 rows); these targets are not: use 'shuffle'"
+            )
+        rng = split_generator()
+        held = np.concatenate(
+            [
+                rng.permutation(members)[: int(round(members.size * fraction))]
+                for members in (np.flatnonzero(labels == c) for c in np.unique(labels))
+            ]
+        )
+    keep = np.ones(n, bool)
+    keep[held] = False
+    return np.flatnonzero(keep), np.flatnonzero(~keep), labels
+
+
+def _class_labels(y: np.ndarray) -> np.ndarray | None:
+    """One class per sample from classification targets (indices, one-hot rows, 0/1 rows:
+    each distinct row a class), or None for other targets (a regression's)."""
+    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
+        return y
+    if y.ndim != 2 or not np.isin(y, (0, 1)).all():
+        return None
+    if y.shape[1] > 1 and (y.sum(axis=1) == 1).all():
+        return y.argmax(axis=1)
+    return np.unique(y, axis=0, return_inverse=True)[1].reshape(-1)
+
+
 def uniform(shape: tuple[int, ...], backend: Backend) -> Any:
     """Uniform numbers in [0, 1) of the backend's dtype, drawn on its device."""
     return backend.uniform(_generator(backend), shape)

@@ -25,8 +25,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
-
 from . import random
 from ._checks import integer, real
 from ._inputs import prepare
@@ -451,42 +449,23 @@ def _split(validation_split: float, mode: str, validation_data: Any) -> Any:
 
 
 def _held_out(X: Any, y: Any, split: _Split, backend: Any) -> tuple[Any, Any, tuple[Any, Any]]:
-    """``split.fraction`` of the samples as validation data, the rest for training: the last
-    samples (before any shuffling, as Keras does), a random draw, or a random draw of that
-    fraction of every class. Each part keeps the samples' order."""
+    """``split.fraction`` of the samples as validation data, the rest for training, as
+    ``random.held_out`` draws them (on the host, from the labels read back once per call).
+    Each part keeps the samples' order; the last samples are taken as views."""
     n, fraction = X.shape[0], split.fraction
-    labels = _class_labels(to_numpy(y))  # once per call, on the host
-    if split.mode == "last":
-        held = np.arange(n - int(round(n * fraction)), n)
-    elif split.mode == "shuffle":
-        held = random.split_generator().permutation(n)[: int(round(n * fraction))]
-    else:
-        if labels is None:
-            raise ValueError(
-                "validation_split_mode='stratified' needs class labels (class indices, one-hot "
-                "or 0/1 rows); these targets are not: use 'shuffle'"
-            )
-        rng = random.split_generator()
-        held = np.concatenate(
-            [
-                rng.permutation(members)[: int(round(members.size * fraction))]
-                for members in (np.flatnonzero(labels == c) for c in np.unique(labels))
-            ]
-        )
-    keep = np.ones(n, bool)
-    keep[held] = False
-    cut = int(keep.sum())
-    if not 0 < cut < n:
+    kept, held, labels = random.held_out(to_numpy(y), fraction, split.mode)
+    if not 0 < len(kept) < n:
         raise ValueError(
-            f"validation_split={fraction} leaves {cut} of {n} samples for training and "
-            f"{n - cut} for validation; both need at least one"
+            f"validation_split={fraction} leaves {len(kept)} of {n} samples for training and "
+            f"{len(held)} for validation; both need at least one"
         )
     if labels is not None:
-        _warn_if_classes_differ(labels[keep], labels[~keep], split)
+        _warn_if_classes_differ(labels[kept], labels[held], split)
     if split.mode == "last":  # views, no copy
+        cut = len(kept)
         return X[:cut, ...], y[:cut, ...], (X[cut:, ...], y[cut:, ...])
     xp = array_namespace(X)
-    train_rows, val_rows = (backend.asarray(np.flatnonzero(part)) for part in (keep, ~keep))
+    train_rows, val_rows = backend.asarray(kept), backend.asarray(held)
 
     def rows(a: Any, which: Any) -> Any:
         return xp.take(a, which, axis=0)
@@ -494,19 +473,7 @@ def _held_out(X: Any, y: Any, split: _Split, backend: Any) -> tuple[Any, Any, tu
     return rows(X, train_rows), rows(y, train_rows), (rows(X, val_rows), rows(y, val_rows))
 
 
-def _class_labels(y: np.ndarray) -> np.ndarray | None:
-    """One class per sample from classification targets (indices, one-hot rows, 0/1 rows:
-    each distinct row a class), or None for other targets (a regression's)."""
-    if y.ndim == 1 and np.issubdtype(y.dtype, np.integer):
-        return y
-    if y.ndim != 2 or not np.isin(y, (0, 1)).all():
-        return None
-    if y.shape[1] > 1 and (y.sum(axis=1) == 1).all():
-        return y.argmax(axis=1)
-    return np.unique(y, axis=0, return_inverse=True)[1].reshape(-1)
-
-
-def _warn_if_classes_differ(train: np.ndarray, held: np.ndarray, split: _Split) -> None:
+def _warn_if_classes_differ(train: Any, held: Any, split: _Split) -> None:
     only_held = sorted(set(held.tolist()) - set(train.tolist()))
     only_train = sorted(set(train.tolist()) - set(held.tolist()))
     if not (only_held or only_train):
