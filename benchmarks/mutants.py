@@ -206,6 +206,22 @@ MUTATIONS = [
         "random.uniform(tuple(inputs.shape), backend_of(inputs)))",
         "Dropout draws one mask and reuses it on every later batch",
     ),
+    Mutation(
+        "dense-output-shape-unchecked",
+        "portnn/layers.py",
+        "if len(input_shape) != 2 or input_shape[-1] not in (None, self.n_inputs):",
+        "if len(input_shape) != 2:",
+        "Dense says it takes inputs of any width: a model whose sizes do not chain is built",
+        ("tests/test_layers.py", "tests/test_model.py"),
+    ),
+    Mutation(
+        "model-outputs-from-the-first-layer",
+        "portnn/model.py",
+        "return self.shapes()[-1][-1] if self.layers else None",
+        "return self.shapes()[0][-1] if self.layers else None",
+        "the model's output width is its first layer's",
+        ("tests/test_layers.py", "tests/test_model.py"),
+    ),
     # --- optimizers ---------------------------------------------------------------------
     Mutation(
         "adam-bias-correction-one-step-late",
