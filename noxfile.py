@@ -3,7 +3,7 @@
 nox                        # numpy, array_api_strict, cupy (skips without a GPU), distributed,
                            # lint, docs
 nox -s "tests(torch)"      # PyTorch, on request (a large install)
-nox -s "tests(jax)"        # JAX, on request (CI runs it: eager, about 11 minutes)
+nox -s "tests(jax)"        # JAX, on request (eager: about 11 minutes)
 nox -s distributed         # data-parallel over MPI: mpiexec -n 2 and 3 against one process
 nox -s bench -- --quick    # the side-by-side training benchmark
 """
