@@ -1,4 +1,5 @@
-"""Activations: layers without parameters, each with ``predictions(outputs)``."""
+"""Activations: layers without parameters, each a pure pair (``apply``/``vjp``, see
+``portnn.layers.Layer``) with ``predictions(outputs)``."""
 
 from __future__ import annotations
 
@@ -12,22 +13,17 @@ from .layers import Layer
 class ReLU(Layer):
     """ReLU: ``max(0, x)``; backward passes dvalues where ``x > 0``."""
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        xp = array_namespace(inputs)
-        self.inputs = inputs
-        self.output = xp.maximum(inputs, 0.0)
-        return self.output
+    def apply(self, params, inputs, training=False, key=None):
+        return array_namespace(inputs).maximum(inputs, 0.0), inputs
 
-    def backward(self, dvalues: Any) -> Any:
+    def vjp(self, params, context, dvalues):
         fused = kernel(dvalues, "relu_backward")
         if fused is not None:
-            self.dinputs = fused(dvalues, self.inputs)
-            return self.dinputs
+            return fused(dvalues, context), {}
         xp = array_namespace(dvalues)
         # A product with the 0/1 mask, not ``where(x > 0, d, 0.0)``: NumPy's ``where`` with a
         # scalar branch takes a slow generic path, and this runs every batch.
-        self.dinputs = dvalues * xp.astype(self.inputs > 0, dvalues.dtype)
-        return self.dinputs
+        return dvalues * xp.astype(context > 0, dvalues.dtype), {}
 
     def predictions(self, outputs: Any) -> Any:
         return outputs
@@ -37,18 +33,15 @@ class Softmax(Layer):
     """Softmax: ``exp(x - max x) / sum exp(x - max x)`` per row;
     backward ``s * (d - sum(d * s))``, the Jacobian product without a per-sample loop."""
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
+    def apply(self, params, inputs, training=False, key=None):
         xp = array_namespace(inputs)
-        self.inputs = inputs
         exp = xp.exp(inputs - xp.max(inputs, axis=1, keepdims=True))
-        self.output = exp / xp.sum(exp, axis=1, keepdims=True)
-        return self.output
+        output = exp / xp.sum(exp, axis=1, keepdims=True)
+        return output, output
 
-    def backward(self, dvalues: Any) -> Any:
+    def vjp(self, params, context, dvalues):
         xp = array_namespace(dvalues)
-        s = self.output
-        self.dinputs = s * (dvalues - xp.sum(dvalues * s, axis=1, keepdims=True))
-        return self.dinputs
+        return context * (dvalues - xp.sum(dvalues * context, axis=1, keepdims=True)), {}
 
     def predictions(self, outputs: Any) -> Any:
         return array_namespace(outputs).argmax(outputs, axis=1)
@@ -58,16 +51,14 @@ class Sigmoid(Layer):
     """Sigmoid: ``1 / (1 + exp(-x))``, via ``exp(-|x|)`` so no input overflows;
     backward ``d * (1 - s) * s``. Predictions: 1 where ``s > 0.5``."""
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
+    def apply(self, params, inputs, training=False, key=None):
         xp = array_namespace(inputs)
-        self.inputs = inputs
         e = xp.exp(-xp.abs(inputs))
-        self.output = xp.where(inputs >= 0, 1 / (1 + e), e / (1 + e))
-        return self.output
+        output = xp.where(inputs >= 0, 1 / (1 + e), e / (1 + e))
+        return output, output
 
-    def backward(self, dvalues: Any) -> Any:
-        self.dinputs = dvalues * (1 - self.output) * self.output
-        return self.dinputs
+    def vjp(self, params, context, dvalues):
+        return dvalues * (1 - context) * context, {}
 
     def predictions(self, outputs: Any) -> Any:
         xp = array_namespace(outputs)
@@ -77,14 +68,11 @@ class Sigmoid(Layer):
 class Linear(Layer):
     """Linear: identity both ways (regression outputs)."""
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        self.inputs = inputs
-        self.output = inputs
-        return self.output
+    def apply(self, params, inputs, training=False, key=None):
+        return inputs, None
 
-    def backward(self, dvalues: Any) -> Any:
-        self.dinputs = dvalues
-        return self.dinputs
+    def vjp(self, params, context, dvalues):
+        return dvalues, {}
 
     def predictions(self, outputs: Any) -> Any:
         return outputs
@@ -93,15 +81,12 @@ class Linear(Layer):
 class Tanh(Layer):
     """Tanh: ``tanh(x)``; backward ``d * (1 - t**2)``. Predictions: the outputs."""
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        xp = array_namespace(inputs)
-        self.inputs = inputs
-        self.output = xp.tanh(inputs)
-        return self.output
+    def apply(self, params, inputs, training=False, key=None):
+        output = array_namespace(inputs).tanh(inputs)
+        return output, output
 
-    def backward(self, dvalues: Any) -> Any:
-        self.dinputs = dvalues * (1 - self.output * self.output)
-        return self.dinputs
+    def vjp(self, params, context, dvalues):
+        return dvalues * (1 - context * context), {}
 
     def predictions(self, outputs: Any) -> Any:
         return outputs
@@ -113,16 +98,13 @@ class LeakyReLU(Layer):
     def __init__(self, alpha: float = 0.01) -> None:
         self.alpha = real("LeakyReLU alpha", alpha, 0.0, 1.0, high_open=True)
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
+    def apply(self, params, inputs, training=False, key=None):
         xp = array_namespace(inputs)
-        self.inputs = inputs
-        self.output = xp.where(inputs > 0, inputs, self.alpha * inputs)
-        return self.output
+        return xp.where(inputs > 0, inputs, self.alpha * inputs), inputs
 
-    def backward(self, dvalues: Any) -> Any:
+    def vjp(self, params, context, dvalues):
         xp = array_namespace(dvalues)
-        self.dinputs = xp.where(self.inputs > 0, dvalues, self.alpha * dvalues)
-        return self.dinputs
+        return xp.where(context > 0, dvalues, self.alpha * dvalues), {}
 
     def predictions(self, outputs: Any) -> Any:
         return outputs

@@ -22,13 +22,30 @@ def shape_text(shape: tuple[int | None, ...]) -> str:
 class Layer:
     """Base class. ``param_names`` lists the trainable arrays; each has a gradient ``d<name>``.
 
-    A layer type is its math (``forward``/``backward``), its shapes (``output_shape``,
-    ``parameter_shapes``) and its config (``get_config``, the constructor's arguments): the
-    model, files, the summary and interop ask these, never the layer's class. A layer with
-    parameters also takes ``backend=`` (and ``dtype=``) in its constructor, where they go."""
+    A layer type is its math, its shapes (``output_shape``, ``parameter_shapes``) and its
+    config (``get_config``, the constructor's arguments): the model, files, the summary and
+    interop ask these, never the layer's class. A layer with parameters also takes
+    ``backend=`` (and ``dtype=``) in its constructor, where they go.
+
+    The math is a pure pair, which the model's training step (``portnn.step``) calls with
+    the parameters as data, so a compiler can take the whole step:
+    ``apply(params, inputs, training, key) -> (output, context)`` and
+    ``vjp(params, context, dvalues) -> (dinputs, grads)``, where ``params`` and ``grads`` map
+    ``param_names`` to arrays and ``context`` is whatever backward needs (arrays, tuples,
+    dicts). The book's stateful calls wrap them: ``forward(inputs, training)`` stores
+    ``.inputs`` and ``.output``, ``backward(dvalues)`` stores ``.dinputs`` and ``.d<name>``.
+    A layer may instead override ``forward``/``backward`` themselves (the book's style); it
+    then runs eagerly, in a step no compiler takes.
+    """
 
     param_names: tuple[str, ...] = ()
     n_inputs: int | None = None  # the feature width its inputs must have (None: any)
+    # Whether ``apply`` draws random numbers in training (then ``key`` is passed: a JAX key,
+    # or None where the backend's own generator draws).
+    random: bool = False
+    # Whether a layer with parameters computes the gradient of its inputs; the model turns
+    # it off for its first layer (nothing needs the gradient of the data).
+    compute_dinputs: bool = True
 
     def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """The shape of the output for inputs of ``input_shape`` (None: any size, such as the
@@ -42,15 +59,53 @@ class Layer:
         a ValueError if the config cannot make them."""
         return {}
 
-    def regularization_loss(self) -> Any:
-        """What this layer adds to the loss as a penalty: nothing by default."""
+    def regularization_loss(self, params: dict | None = None) -> Any:
+        """What this layer adds to the loss as a penalty for ``params`` (default: its own):
+        nothing by default."""
         return 0.0
 
+    # --- the math: a pure pair --------------------------------------------------------------
+    def apply(
+        self, params: dict[str, Any], inputs: Any, training: bool = False, key: Any = None
+    ) -> tuple[Any, Any]:
+        """The output for ``inputs`` under ``params``, and the context ``vjp`` needs."""
+        raise NotImplementedError(
+            f"{type(self).__name__} defines neither apply/vjp nor forward/backward"
+        )
+
+    def vjp(self, params: dict[str, Any], context: Any, dvalues: Any) -> tuple[Any, dict]:
+        """The gradients of the inputs (None if ``compute_dinputs`` is off) and of each
+        parameter, from the gradient of the output and ``apply``'s context."""
+        raise NotImplementedError(f"{type(self).__name__} defines no vjp")
+
+    @property
+    def is_pure(self) -> bool:
+        """Whether this layer's math is its pure pair (the book's stateful calls are the base
+        class's wrappers), so a compiled step can run it."""
+        cls = type(self)
+        return (
+            cls.forward is Layer.forward
+            and cls.backward is Layer.backward
+            and cls.apply is not Layer.apply
+        )
+
+    def params(self) -> dict[str, Any]:
+        """This layer's parameters by name, as ``apply`` takes them."""
+        return {name: getattr(self, name) for name in self.param_names}
+
+    # --- the book's stateful calls ----------------------------------------------------------
     def forward(self, inputs: Any, training: bool = False) -> Any:
-        raise NotImplementedError
+        """``apply`` on this layer's parameters; stores ``.inputs`` and ``.output``."""
+        self.inputs = inputs
+        self.output, self._context = self.apply(self.params(), inputs, training)
+        return self.output
 
     def backward(self, dvalues: Any) -> Any:
-        raise NotImplementedError
+        """``vjp`` of the last ``forward``; stores ``.dinputs`` and each ``.d<name>``."""
+        self.dinputs, grads = self.vjp(self.params(), self._context, dvalues)
+        for name, grad in grads.items():
+            setattr(self, "d" + name, grad)
+        return self.dinputs
 
     def get_config(self) -> dict:
         """Constructor arguments, so a saved model can be rebuilt without running code."""
@@ -70,13 +125,11 @@ class Layer:
 class Input(Layer):
     """Input: passes the data on unchanged (the book's ``Layer_Input``)."""
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        self.output = inputs
-        return self.output
+    def apply(self, params, inputs, training=False, key=None):
+        return inputs, None
 
-    def backward(self, dvalues: Any) -> Any:
-        self.dinputs = dvalues
-        return self.dinputs
+    def vjp(self, params, context, dvalues):
+        return dvalues, {}
 
 
 class Dense(Layer):
@@ -122,8 +175,6 @@ class Dense(Layer):
         self.bias_regularizer_l2 = regs["bias_regularizer_l2"]
         self.weight_init = weight_init
         self.weight_scale = real("Dense weight_scale", weight_scale, 0.0)
-        # The model turns this off for its first layer: nothing needs the gradient of the data.
-        self.compute_dinputs = True
 
         rng = random.host()
         shape = (n_inputs, n_neurons)
@@ -138,7 +189,7 @@ class Dense(Layer):
         self.weights = b.asarray(weights)
         self.biases = b.xp.zeros((1, n_neurons), dtype=b.dtype, device=b.device)
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
+    def apply(self, params, inputs, training=False, key=None):
         if inputs.ndim != 2 or inputs.shape[1] != self.n_inputs:
             raise ValueError(
                 f"Dense expects inputs of shape (batch, {self.n_inputs}), got "
@@ -147,25 +198,23 @@ class Dense(Layer):
             )
         if getattr(inputs, "requires_grad", False):  # autograd would record every update
             raise TypeError("Dense got a torch tensor that requires grad; pass inputs.detach()")
-        self.inputs = inputs
-        self.output = inputs @ self.weights + self.biases
-        return self.output
+        return inputs @ params["weights"] + params["biases"], inputs
 
-    def backward(self, dvalues: Any) -> Any:
+    def vjp(self, params, context, dvalues):
         xp = array_namespace(dvalues)
-        dweights = self.inputs.T @ dvalues
+        weights, biases = params["weights"], params["biases"]
+        dweights = context.T @ dvalues
         dbiases = xp.sum(dvalues, axis=0, keepdims=True)
         if self.weight_regularizer_l1 > 0:
-            dweights = dweights + self.weight_regularizer_l1 * sign_nonneg(self.weights)
+            dweights = dweights + self.weight_regularizer_l1 * sign_nonneg(weights)
         if self.weight_regularizer_l2 > 0:
-            dweights = dweights + 2 * self.weight_regularizer_l2 * self.weights
+            dweights = dweights + 2 * self.weight_regularizer_l2 * weights
         if self.bias_regularizer_l1 > 0:
-            dbiases = dbiases + self.bias_regularizer_l1 * sign_nonneg(self.biases)
+            dbiases = dbiases + self.bias_regularizer_l1 * sign_nonneg(biases)
         if self.bias_regularizer_l2 > 0:
-            dbiases = dbiases + 2 * self.bias_regularizer_l2 * self.biases
-        self.dweights, self.dbiases = dweights, dbiases
-        self.dinputs = dvalues @ self.weights.T if self.compute_dinputs else None
-        return self.dinputs
+            dbiases = dbiases + 2 * self.bias_regularizer_l2 * biases
+        dinputs = dvalues @ weights.T if self.compute_dinputs else None
+        return dinputs, {"weights": dweights, "biases": dbiases}
 
     def output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """``(batch, n_neurons)`` from ``(batch, n_inputs)``."""
@@ -188,15 +237,16 @@ class Dense(Layer):
         n_inputs, n_neurons = sizes
         return {"weights": (n_inputs, n_neurons), "biases": (1, n_neurons)}
 
-    def regularization_loss(self) -> Any:
+    def regularization_loss(self, params: dict | None = None) -> Any:
         """``l1w*sum|W| + l2w*sum(W*W) + l1b*sum|b| + l2b*sum(b*b)``, on the device."""
-        xp = array_namespace(self.weights)
+        weights, biases = (params or self.params()).values()
+        xp = array_namespace(weights)
         total = 0.0
         for factor, p, square in (
-            (self.weight_regularizer_l1, self.weights, False),
-            (self.weight_regularizer_l2, self.weights, True),
-            (self.bias_regularizer_l1, self.biases, False),
-            (self.bias_regularizer_l2, self.biases, True),
+            (self.weight_regularizer_l1, weights, False),
+            (self.weight_regularizer_l2, weights, True),
+            (self.bias_regularizer_l1, biases, False),
+            (self.bias_regularizer_l2, biases, True),
         ):
             if factor > 0:
                 total = total + factor * xp.sum(p * p if square else xp.abs(p))
@@ -217,28 +267,36 @@ class Dense(Layer):
 
 class Dropout(Layer):
     """Inverted dropout: drops a ``rate`` fraction, scales the rest by ``1 / (1 - rate)``;
-    backward multiplies by the same mask. Identity when not training."""
+    backward multiplies by the same mask. Identity when not training.
+
+    The mask is drawn from the backend's generator, or from ``key`` where the step passes
+    one (``random.Key``: on JAX, so that a compiled step draws a new mask each call)."""
+
+    random = True
 
     def __init__(self, rate: float) -> None:
         self.rate = real("Dropout rate (the fraction dropped)", rate, 0.0, 1.0, high_open=True)
-        self.mask = None
 
-    def forward(self, inputs: Any, training: bool = False) -> Any:
-        self.inputs = inputs
+    def apply(self, params, inputs, training=False, key=None):
         if not training or self.rate == 0:
-            self.mask = None
-            self.output = inputs
-            return self.output
+            return inputs, None
         xp = array_namespace(inputs)
         keep = 1.0 - self.rate
-        draw = random.uniform(tuple(inputs.shape), backend_of(inputs))
-        self.mask = xp.astype(draw < keep, inputs.dtype) / keep
-        self.output = inputs * self.mask
-        return self.output
+        shape = tuple(inputs.shape)
+        if key is None:
+            draw = random.uniform(shape, backend_of(inputs))
+        else:
+            draw = key.uniform(shape, inputs.dtype)
+        mask = xp.astype(draw < keep, inputs.dtype) / keep
+        return inputs * mask, mask
 
-    def backward(self, dvalues: Any) -> Any:
-        self.dinputs = dvalues if self.mask is None else dvalues * self.mask
-        return self.dinputs
+    def vjp(self, params, context, dvalues):
+        return (dvalues if context is None else dvalues * context), {}
+
+    @property
+    def mask(self) -> Any:
+        """The last training forward's mask (None: not training), the book's attribute."""
+        return getattr(self, "_context", None)
 
     def get_config(self) -> dict:
         return {"rate": self.rate}

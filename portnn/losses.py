@@ -62,7 +62,10 @@ class Loss:
         return (
             act is not None
             and isinstance(layer, act)
-            and all(getattr(type(layer), m) is getattr(act, m) for m in ("forward", "backward"))
+            and all(
+                getattr(type(layer), m) is getattr(act, m)
+                for m in ("forward", "backward", "apply", "vjp")
+            )
         )
 
     def fused_backward(self, output: Any, y_true: Any) -> Any:
