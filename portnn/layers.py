@@ -39,6 +39,10 @@ class Layer:
     """
 
     param_names: tuple[str, ...] = ()
+    # Arrays a layer keeps that training does not adjust by gradient (BatchNormalization's
+    # running statistics): saved and loaded with the parameters, passed to ``apply`` in
+    # ``params`` beside them, and replaced after each training ``apply`` by ``new_state``.
+    state_names: tuple[str, ...] = ()
     n_inputs: int | None = None  # the feature width its inputs must have (None: any)
     # Whether ``apply`` draws random numbers in training (then ``key`` is passed: a JAX key,
     # or None where the backend's own generator draws).
@@ -78,6 +82,11 @@ class Layer:
         parameter, from the gradient of the output and ``apply``'s context."""
         raise NotImplementedError(f"{type(self).__name__} defines no vjp")
 
+    def new_state(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
+        """The ``state_names`` arrays after a training ``apply`` gave ``context`` (none by
+        default)."""
+        return {}
+
     @property
     def is_pure(self) -> bool:
         """Whether this layer's math is its pure pair (the book's stateful calls are the base
@@ -90,14 +99,18 @@ class Layer:
         )
 
     def params(self) -> dict[str, Any]:
-        """This layer's parameters by name, as ``apply`` takes them."""
-        return {name: getattr(self, name) for name in self.param_names}
+        """This layer's parameters and state arrays by name, as ``apply`` takes them."""
+        return {name: getattr(self, name) for name in self.param_names + self.state_names}
 
     # --- the book's stateful calls ----------------------------------------------------------
     def forward(self, inputs: Any, training: bool = False) -> Any:
         """``apply`` on this layer's parameters; stores ``.inputs`` and ``.output``."""
         self.inputs = inputs
-        self.output, self._context = self.apply(self.params(), inputs, training)
+        params = self.params()
+        self.output, self._context = self.apply(params, inputs, training)
+        if training and self.state_names:
+            for name, value in self.new_state(params, self._context).items():
+                setattr(self, name, value)
         return self.output
 
     def backward(self, dvalues: Any) -> Any:
@@ -114,7 +127,7 @@ class Layer:
     def to(self, backend: str | Backend, dtype: Any = None) -> Layer:
         """Move this layer's parameters to ``backend``, as ``dtype`` if given (a no-op for
         layers without parameters)."""
-        for name in self.param_names:
+        for name in self.param_names + self.state_names:
             setattr(self, name, to_backend(getattr(self, name), backend, dtype))
         return self
 
