@@ -98,9 +98,17 @@ class Layer:
             and cls.apply is not Layer.apply
         )
 
+    def array_names(self) -> tuple[str, ...]:
+        """Every array ``apply`` takes: the parameters (a frozen one too: an instance's
+        ``param_names`` may leave some of its class's out of training), then ``state_names``."""
+        names = type(self).param_names
+        if self.param_names != names:
+            names = tuple(dict.fromkeys(names + self.param_names))
+        return names + self.state_names
+
     def params(self) -> dict[str, Any]:
-        """This layer's parameters and state arrays by name, as ``apply`` takes them."""
-        return {name: getattr(self, name) for name in self.param_names + self.state_names}
+        """This layer's arrays by name, as ``apply`` takes them (``array_names``)."""
+        return {name: getattr(self, name) for name in self.array_names()}
 
     # --- the book's stateful calls ----------------------------------------------------------
     def forward(self, inputs: Any, training: bool = False) -> Any:
@@ -127,7 +135,7 @@ class Layer:
     def to(self, backend: str | Backend, dtype: Any = None) -> Layer:
         """Move this layer's parameters to ``backend``, as ``dtype`` if given (a no-op for
         layers without parameters)."""
-        for name in self.param_names + self.state_names:
+        for name in self.array_names():
             setattr(self, name, to_backend(getattr(self, name), backend, dtype))
         return self
 

@@ -1,6 +1,7 @@
 """Optimizers: the book's three calls (``pre_update_params``, ``update_params(layer)``,
-``post_update_params``) or ``step(layers)``. Each subclass writes one ``_update`` rule for one
-parameter; state lives in named tuples per layer and parameter, so it can be saved."""
+``post_update_params``) or ``step(layers)``. Each subclass writes one pure ``rule`` for one
+parameter, with the step's numbers (``scalars``) as data, which a compiled training step
+calls too; state lives in named tuples per layer and parameter, so it can be saved."""
 
 from __future__ import annotations
 
@@ -62,8 +63,24 @@ class Optimizer:
             return None
         return self.State(*(xp.zeros_like(param) for _ in self.State._fields))
 
+    # --- the update rule: pure, with the step's numbers as data -------------------------
+    def scalars(self) -> dict[str, float]:
+        """The numbers this step's rule needs that change from step to step (call after
+        ``pre_update_params``): the learning rate, and whatever a subclass folds into it."""
+        return {"learning_rate": self.current_learning_rate}
+
+    def rule(self, param: Any, grad: Any, state: Any, scalars: dict[str, Any]) -> tuple[Any, Any]:
+        """``(new param, new state)`` for one parameter, a pure function of its arguments
+        (``scalars`` as ``scalars()`` gives them, or 0-d arrays in a compiled step), which
+        ``portnn.step`` calls. Subclasses write this; one that writes the older
+        ``_update(param, grad, state)`` instead runs only in eager steps."""
+        if type(self)._update is Optimizer._update:
+            raise NotImplementedError(f"{type(self).__name__} defines neither rule nor _update")
+        return self._update(param, grad, state)
+
     def _update(self, param: Any, grad: Any, state: Any) -> tuple[Any, Any]:
-        raise NotImplementedError
+        """``rule`` with this step's ``scalars()``."""
+        return self.rule(param, grad, state, self.scalars())
 
     def pre_update_params(self) -> None:
         if self.schedule is not None:
@@ -214,10 +231,11 @@ class SGD(Optimizer):
         self.momentum = _check("momentum", momentum, 0.0, 1.0)
         self.State = SGDState if self.momentum else None
 
-    def _update(self, param, grad, state):
+    def rule(self, param, grad, state, scalars):
+        lr = scalars["learning_rate"]
         if state is None:
-            return param - self.current_learning_rate * grad, None
-        m = self.momentum * state.momentum - self.current_learning_rate * grad
+            return param - lr * grad, None
+        m = self.momentum * state.momentum - lr * grad
         return param + m, SGDState(m)
 
     def get_config(self) -> dict:
@@ -241,10 +259,10 @@ class _Cached(Optimizer):
     def _cache(self, cache: Any, grad: Any) -> Any:
         raise NotImplementedError
 
-    def _update(self, param, grad, state):
+    def rule(self, param, grad, state, scalars):
         xp = array_namespace(param)
         cache = self._cache(state.cache, grad)
-        step = self.current_learning_rate * grad / (xp.sqrt(cache) + self.epsilon)
+        step = scalars["learning_rate"] * grad / (xp.sqrt(cache) + self.epsilon)
         return param - step, CacheState(cache)
 
     def get_config(self) -> dict:
@@ -316,14 +334,29 @@ class Adam(Optimizer):
         self.beta_1 = _check("beta_1", beta_1, 0.0, 1.0)
         self.beta_2 = _check("beta_2", beta_2, 0.0, 1.0)
 
-    def _update(self, param, grad, state):
+    def scalars(self) -> dict[str, float]:
+        """The book's formula with both corrections folded into two numbers:
+        ``(m / c1) / (sqrt(v / c2) + eps) == (sqrt(c2) / c1) * m / (sqrt(v) + eps * sqrt(c2))``,
+        so ``scale = lr * sqrt(c2) / c1`` and ``epsilon = eps * sqrt(c2)``."""
         b1, b2, t = self.beta_1, self.beta_2, self.iterations + 1
-        # The book's formula with both corrections folded into two scalars:
-        # (m / c1) / (sqrt(v / c2) + eps) == (sqrt(c2) / c1) * m / (sqrt(v) + eps * sqrt(c2)).
         root_c2 = math.sqrt(1 - b2**t)
-        scale = self.current_learning_rate * root_c2 / (1 - b1**t)
+        lr = self.current_learning_rate
+        return {
+            "learning_rate": lr,
+            "scale": lr * root_c2 / (1 - b1**t),
+            "epsilon": self.epsilon * root_c2,
+        }
+
+    def rule(self, param, grad, state, scalars):
         param, m, v = adam_update(
-            param, grad, state.momentum, state.cache, b1, b2, scale, self.epsilon * root_c2
+            param,
+            grad,
+            state.momentum,
+            state.cache,
+            self.beta_1,
+            self.beta_2,
+            scalars["scale"],
+            scalars["epsilon"],
         )
         return param, AdamState(m, v)
 

@@ -110,6 +110,29 @@ def uniform(shape: tuple[int, ...], backend: Backend) -> Any:
     return backend.uniform(_generator(backend), shape)
 
 
+def step_key(backend: Backend) -> Any:
+    """A training step's random numbers as data, from the backend's generator: a JAX key
+    (a compiled step draws anew each call from the key it is given), or None elsewhere
+    (the layers draw from the generator, ``uniform``)."""
+    return backend.step_key(_generator(backend))
+
+
+class Key:
+    """A step's key inside the step: ``fold(i)`` gives layer ``i`` its own, ``uniform``
+    draws from it (``Dropout.apply``'s ``key``)."""
+
+    __slots__ = ("backend", "raw")
+
+    def __init__(self, backend: Backend, raw: Any) -> None:
+        self.backend, self.raw = backend, raw
+
+    def fold(self, i: int) -> Key:
+        return Key(self.backend, self.backend.fold_key(self.raw, i))
+
+    def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.backend.key_uniform(self.raw, shape, dtype)
+
+
 def permutation(n: int, backend: Backend) -> Any:
     """A random permutation of ``range(n)`` as an integer index array on the device."""
     return backend.permutation(_generator(backend), n)

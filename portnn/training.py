@@ -71,6 +71,7 @@ def train(  # Model.train: ``self`` is the model, so help() and the API page sho
     validation_label: str = "validation",
     initial_epoch: int = 0,
     verbose: int | None = None,
+    compile: bool | None = None,
 ) -> dict[str, list]:
     """Train for ``epochs`` passes over (X, y) in batches of ``batch_size`` (None: all).
 
@@ -106,6 +107,15 @@ def train(  # Model.train: ``self`` is the model, so help() and the API page sho
     bar, 2 prints a line per epoch. ``progress="keep"`` leaves the bars on screen. Ctrl-C stops
     before the next step, so the model holds whole steps, and raises KeyboardInterrupt
     with the ``history`` of the epochs that completed.
+
+    Each batch is one call of the model's training step (``portnn.step``), a pure function
+    of its arrays. ``compile=True`` hands it to the backend's compiler (``jax.jit`` on JAX,
+    ``torch.compile`` on torch; NumPy, CuPy and array-api-strict run it as it is), False runs
+    it eagerly; None (default) compiles where the backend does so by default (JAX). A
+    compiled step gives the eager one's parameters to float tolerance; each batch shape
+    (the last, shorter batch) compiles once. A model with a layer that overrides the book's
+    ``forward``/``backward`` (rather than ``apply``/``vjp``) trains eagerly, and
+    ``compile=True`` refuses it.
     """
     run = Run(
         self,
@@ -125,6 +135,7 @@ def train(  # Model.train: ``self`` is the model, so help() and the API page sho
         validation_label=validation_label,
         initial_epoch=initial_epoch,
         verbose=verbose,
+        compile=compile,
     )
     return run.fit()
 
@@ -153,6 +164,7 @@ class Run:
         validation_label: str = "validation",
         initial_epoch: int = 0,
         verbose: int | None = None,
+        compile: bool | None = None,
     ) -> None:
         self.model = model
         self.dp = None
@@ -176,6 +188,7 @@ class Run:
             self.dp = DataParallel(comm, model, sharded)
             self.dp.together("checking the training arguments and data", self._setup, *setup)
             self._distribute(batch_size, shuffle)
+        self.step = _step(model, compile)
         self.shuffle = shuffle and len(self.batches) > 1
         self.is_main = self.dp is None or self.dp.is_root  # the one rank that prints and writes
         if progress is None:
@@ -298,16 +311,18 @@ class Run:
                 else:
                     rows = order[s]
                     xb, yb = xp.take(X, rows, axis=0), xp.take(y, rows, axis=0)
-                output = model.forward(xb, training=True)
-                epoch_figures.append(figures(model, output, yb))
                 if i == len(self.batches) - 1:
                     reg = model.loss.regularization_total()  # the book reports the last batch's
-                model.backward(output, yb)
+                if self.dp is None:
+                    epoch_figures.append(self.step(xb, yb))
+                else:
+                    epoch_figures.append(self._gradients(xb, yb))
             except Exception as exc:
                 if self.dp is None:
                     raise
                 failure = exc  # every rank learns it in this step's all-reduce
-            self._update(i, failure)
+            if self.dp is not None:
+                self.dp.step(i, failure)
             self.progress.step(lambda: means(model, epoch_figures))
         data_loss, accuracy = self._means(epoch_figures)
         record = {
@@ -323,13 +338,18 @@ class Run:
             record["val_loss"], record["val_accuracy"] = self._means(val_figures)
         return record
 
-    def _update(self, i: int, failure: Exception | None) -> None:
-        """The optimizer's step after batch ``i`` (distributed: after the all-reduce of every
-        rank's gradients, weighted by its part of the batch, and of its failure flag)."""
-        if self.dp is None:
-            self.model.optimizer.step(self.model.trainable_layers)
-        else:
-            self.dp.step(i, failure)
+    def _gradients(self, xb: Any, yb: Any) -> tuple[Any, Any]:
+        """Data parallel: the step's first half on this rank's part of the batch, its
+        gradients left on the layers (``d<name>``) for ``dp.step``'s all-reduce and update,
+        which follow; the part's figures."""
+        step = self.step
+        params, state, _ = step.gather()
+        grads, state, batch_figures = step.gradients(params, state, xb, yb, step.key())
+        for key, layer, name in step.params_keys:
+            setattr(layer, "d" + name, grads[key])
+        for key, layer, name in step.state_keys:
+            setattr(layer, name, state[key])
+        return batch_figures
 
     def _permutation(self, n: int, backend: Any) -> Any:
         """The epoch's order of the samples (distributed: rank 0's, on every rank)."""
@@ -404,6 +424,18 @@ def _interrupts(run: Run, enabled: bool) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _step(model: Model, compile: bool | None) -> Any:
+    """The model's training step, compiled as ``compile`` says (None: the backend's default,
+    for a model whose layers are all pure)."""
+    from .step import Step
+
+    if compile not in (None, True, False):
+        raise ValueError(f"compile must be True, False or None, got {compile!r}")
+    if compile is None:
+        compile = model.backend.compiles_by_default and all(la.is_pure for la in model.layers)
+    return Step(model, compile=compile)
 
 
 def _checked_callbacks(callbacks: Sequence[Callback] | None) -> list[Callback]:

@@ -14,6 +14,7 @@ import portnn as pn
 from portnn import nnfs
 from portnn.backend import library_of
 from portnn.model import HISTORY_KEYS
+from portnn.step import Step
 
 CPU_BACKENDS = [b for b in ("numpy", "array_api_strict", "torch") if b in pn.available_backends()]
 
@@ -151,14 +152,16 @@ def test_what_is_missing_is_named(backend):
 
 
 def _count_softmax_backward(model, monkeypatch):
+    """Counts the runs of the Softmax's backward math (its ``vjp``, which the training step
+    and the book's ``backward`` both call)."""
     softmax, calls = model.layers[-1], []
-    original = softmax.backward
+    original = softmax.vjp
 
-    def counted(dvalues):
+    def counted(params, context, dvalues):
         calls.append(1)
-        return original(dvalues)
+        return original(params, context, dvalues)
 
-    monkeypatch.setattr(softmax, "backward", counted)
+    monkeypatch.setattr(softmax, "vjp", counted)
     return calls
 
 
@@ -198,12 +201,18 @@ def test_fused_gradients_equal_the_unfused_chain(backend64, loss, one_hot):
     dvalues = softmax.backward(pn.CategoricalCrossentropy().backward(out, yb))
     dense1.backward(relu.backward(dense2.backward(dvalues)))
 
+    step = Step(model.finalize())  # the training step's gradients: fused
+    params, state, _ = step.gather()
+    grads, _, _ = step.gradients(params, state, Xb, yb, None)
     model.train(X, y, epochs=1, print_every=None)  # one full-batch step
-    for mine, manual in ((model.layers[0], dense1), (model.layers[2], dense2)):
-        np.testing.assert_allclose(
-            host(mine.dweights), host(manual.dweights), rtol=1e-9, atol=1e-12
-        )
-        np.testing.assert_allclose(host(mine.dbiases), host(manual.dbiases), rtol=1e-9, atol=1e-12)
+    for i, mine, manual in ((0, model.layers[0], dense1), (2, model.layers[2], dense2)):
+        for name in ("weights", "biases"):
+            np.testing.assert_allclose(
+                host(grads[f"layers/{i}/{name}"]),
+                host(getattr(manual, "d" + name)),
+                rtol=1e-9,
+                atol=1e-12,
+            )
         np.testing.assert_allclose(
             host(mine.weights),
             host(manual.weights) - 0.5 * host(manual.dweights),

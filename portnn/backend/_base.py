@@ -49,6 +49,10 @@ class Backend:
     modules: ClassVar[tuple[str, ...]] = ()
     # Whether portnn.distributed can sum this library's GPU arrays with NCCL (CuPy's).
     has_nccl: ClassVar[bool] = False
+    # The library's compiler of a training step ("jax.jit"), None where the step runs as it
+    # is; ``compiles_by_default``: whether ``Model.train`` compiles unless told otherwise.
+    compiler: ClassVar[str | None] = None
+    compiles_by_default: ClassVar[bool] = False
 
     xp: ModuleType
     device: Any
@@ -149,6 +153,28 @@ class Backend:
     def permutation(self, generator: Any, n: int) -> Any:
         """A random permutation of ``range(n)`` as an integer index array on the device."""
         return self.from_numpy(generator.permutation(n), None)
+
+    # --- a step's random numbers as data (JAX's keys; None: the generator draws) ----------
+    def step_key(self, generator: Any) -> Any:
+        """A new key for one training step from ``generator``, or None where the layers draw
+        from the generator itself (every library but JAX)."""
+        return None
+
+    @staticmethod
+    def fold_key(key: Any, i: int) -> Any:
+        """The key of part ``i`` of a step (layer ``i``'s) from the step's ``key``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def key_uniform(key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        """Uniform numbers in [0, 1) of ``dtype`` from ``key``."""
+        raise NotImplementedError
+
+    # --- the compiler seam ------------------------------------------------------------------
+    def compile(self, step: Callable[..., Any]) -> Callable[..., Any]:
+        """``step`` (a pure function of arrays, dicts and tuples of them) compiled by the
+        library's ``compiler``; the identity where it has none."""
+        return step
 
     # --- floating-point errors --------------------------------------------------------------
     @staticmethod

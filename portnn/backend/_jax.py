@@ -43,6 +43,8 @@ class JaxBackend(Backend):
     name = "jax"
     extra = "'portnn[jax]'"
     modules = ("jaxlib",)  # jax's arrays are jaxlib's ArrayImpl
+    compiler = "jax.jit"
+    compiles_by_default = True  # eager JAX dispatches each operation alone: slow
 
     @classmethod
     def load(cls) -> tuple[ModuleType, Any]:
@@ -121,3 +123,26 @@ class JaxBackend(Backend):
         import jax
 
         return jax.random.permutation(generator.next(), n)
+
+    # --- the step: keys as data, compiled by XLA --------------------------------------------
+    def step_key(self, generator: Any) -> Any:
+        return generator.next()
+
+    @staticmethod
+    def fold_key(key: Any, i: int) -> Any:
+        import jax
+
+        return jax.random.fold_in(key, i)
+
+    @staticmethod
+    def key_uniform(key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        import jax
+
+        return jax.random.uniform(key, shape, dtype=dtype)
+
+    def compile(self, step: Any) -> Any:
+        # No donated buffers: the epoch's starting state (restored on divergence) and the
+        # callbacks' best state hold the arrays a step takes, which donation would free.
+        import jax
+
+        return jax.jit(step)

@@ -13,6 +13,7 @@ from ._base import Backend
 class TorchBackend(Backend):
     name = "torch"
     extra = "'portnn[torch]'"
+    compiler = "torch.compile"  # opt-in (train(compile=True)): it starts slowly
 
     @classmethod
     def load(cls) -> tuple[ModuleType, Any]:
@@ -82,3 +83,8 @@ class TorchBackend(Backend):
         import torch
 
         return torch.randperm(n, generator=generator, device=self.device)
+
+    def compile(self, step: Any) -> Any:
+        import torch
+
+        return torch.compile(step, dynamic=False)
