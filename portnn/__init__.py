@@ -1,7 +1,7 @@
 """portnn: the network of *Neural Networks from Scratch in Python*, written once against
 the Python Array API standard, training on NumPy, CuPy, PyTorch and array-api-strict."""
 
-from . import datasets, interop, random, recipes, schedules
+from . import datasets, interop, random, recipes, schedules, step
 from .activations import LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
 from .backend import (
     Backend,
@@ -71,6 +71,7 @@ __all__ = [
     "seed",
     "set_backend",
     "set_num_threads",
+    "step",
     "to_backend",
     "to_numpy",
     "use_backend",
