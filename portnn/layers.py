@@ -293,10 +293,13 @@ class Dropout(Layer):
     The mask is drawn from the backend's generator, or from ``key`` where the step passes
     one (``random.Key``: on JAX, so that a compiled step draws a new mask each call)."""
 
-    random = True
-
     def __init__(self, rate: float) -> None:
         self.rate = real("Dropout rate (the fraction dropped)", rate, 0.0, 1.0, high_open=True)
+
+    @property
+    def random(self) -> bool:
+        """Whether a training ``apply`` draws (a rate of 0 draws nothing)."""
+        return self.rate > 0
 
     def apply(self, params, inputs, training=False, key=None):
         if not training or self.rate == 0:

@@ -118,18 +118,19 @@ def step_key(backend: Backend) -> Any:
 
 
 class Key:
-    """A step's key inside the step: ``fold(i)`` gives layer ``i`` its own, ``uniform``
-    draws from it (``Dropout.apply``'s ``key``)."""
+    """A layer's random numbers inside a step (``Dropout.apply``'s ``key``): ``uniform``
+    draws from its JAX key, or with none (``raw`` None) from the backend's generator, named
+    by the step rather than read off an array (which a compiler's traced arrays cannot
+    answer)."""
 
     __slots__ = ("backend", "raw")
 
     def __init__(self, backend: Backend, raw: Any) -> None:
         self.backend, self.raw = backend, raw
 
-    def fold(self, i: int) -> Key:
-        return Key(self.backend, self.backend.fold_key(self.raw, i))
-
     def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        if self.raw is None:
+            return uniform(shape, self.backend)
         return self.backend.key_uniform(self.raw, shape, dtype)
 
 

@@ -8,11 +8,11 @@ where every array is data: ``params`` and ``state`` map ``state_dict`` keys
 (``layers/<i>/<name>``) to the parameters and the layers' ``state_names`` arrays,
 ``opt_state`` maps the same keys to the optimizer's named tuples, ``scalars`` are the
 step-dependent numbers (the decayed learning rate, Adam's corrections), ``key`` is the step's
-random numbers where the backend threads them as data (JAX), and ``figures`` the batch's
-per-sample losses and hits, left on the device. Nothing in it reads the host, so one call of
-``Backend.compile`` (``jax.jit``, ``torch.compile``) serves every step: scalars enter as 0-d
-arrays when compiled. ``gradients`` and ``update`` are its two halves, for data parallel,
-which sums the gradients across ranks between them.
+random numbers where the backend threads them as data (JAX: a key per layer that draws),
+and ``figures`` the batch's per-sample losses and hits, left on the device. Nothing in it
+reads the host, so one call of ``Backend.compile`` (``jax.jit``, ``torch.compile``) serves
+every step: scalars enter as 0-d arrays when compiled. ``gradients`` and ``update`` are its
+two halves, for data parallel, which sums the gradients across ranks between them.
 
 Each call reads the model's arrays (``gather``) and writes the new ones back (``scatter``),
 so the model, its ``state_dict`` and the book's attributes stay the truth between steps. A
@@ -109,11 +109,17 @@ class Step:
         return {k: b.xp.asarray(v, dtype=b.dtype, device=b.device) for k, v in values.items()}
 
     def key(self) -> Any:
-        """This step's random numbers as data (a JAX key), or None: the layers then draw from
-        the backend's generator."""
-        if not any(layer.random for layer in self.layers):
+        """This step's random numbers as data: for a compiled step, a tuple of JAX keys, one
+        per layer that draws, taken from the backend's generator in the order the layers' own
+        draws would take them (so a step and the book's loop drop the same units); None
+        elsewhere, where the layers draw from the generator themselves as they run."""
+        drawing = sum(layer.random for layer in self.layers)
+        if not drawing or not self.compiled:
             return None
-        return random.step_key(self.backend)
+        first = random.step_key(self.backend)
+        if first is None:
+            return None
+        return (first, *(random.step_key(self.backend) for _ in range(drawing - 1)))
 
     def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
         """One step on the batch (x, y): the update made and written back to the model; the
@@ -138,12 +144,13 @@ class Step:
     def gradients(self, params: dict, state: dict, x: Any, y: Any, key: Any) -> tuple:
         """The forward pass in training mode and the backward pass: ``(grads, new state,
         (per-sample losses, hits))``."""
-        key = None if key is None else random.Key(self.backend, key)
+        keys = iter(key or ())
         contexts, new_state = [], dict(state)
         for i, layer in enumerate(self.layers):
             p = {name: (params if trained else state)[k] for name, k, trained in self.slots[i]}
             if layer.is_pure:
-                x, context = layer.apply(p, x, True, None if key is None else key.fold(i))
+                draw = random.Key(self.backend, next(keys, None)) if layer.random else None
+                x, context = layer.apply(p, x, True, draw)
                 if layer.state_names:
                     for name, value in layer.new_state(p, context).items():
                         new_state[f"layers/{i}/{name}"] = value

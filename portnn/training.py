@@ -435,7 +435,21 @@ def _step(model: Model, compile: bool | None) -> Any:
         raise ValueError(f"compile must be True, False or None, got {compile!r}")
     if compile is None:
         compile = model.backend.compiles_by_default and all(la.is_pure for la in model.layers)
-    return Step(model, compile=compile)
+    # A compiled step is kept for the next call while what it was traced with is the same:
+    # the objects and every setting a compiler takes as a constant.
+    parts = (model.loss, model.accuracy, model.optimizer, *model.layers)
+    key = (
+        compile,
+        model.backend,
+        tuple(map(id, parts)),
+        repr([(p.get_config(), getattr(p, "compute_dinputs", None)) for p in parts]),
+    )
+    cached = getattr(model, "_step_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    step = Step(model, compile=compile)
+    model._step_cache = (key, step)
+    return step
 
 
 def _checked_callbacks(callbacks: Sequence[Callback] | None) -> list[Callback]:

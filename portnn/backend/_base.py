@@ -161,11 +161,6 @@ class Backend:
         return None
 
     @staticmethod
-    def fold_key(key: Any, i: int) -> Any:
-        """The key of part ``i`` of a step (layer ``i``'s) from the step's ``key``."""
-        raise NotImplementedError
-
-    @staticmethod
     def key_uniform(key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
         """Uniform numbers in [0, 1) of ``dtype`` from ``key``."""
         raise NotImplementedError

@@ -129,12 +129,6 @@ class JaxBackend(Backend):
         return generator.next()
 
     @staticmethod
-    def fold_key(key: Any, i: int) -> Any:
-        import jax
-
-        return jax.random.fold_in(key, i)
-
-    @staticmethod
     def key_uniform(key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
         import jax
 

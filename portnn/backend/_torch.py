@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -87,4 +88,13 @@ class TorchBackend(Backend):
     def compile(self, step: Any) -> Any:
         import torch
 
-        return torch.compile(step, dynamic=False)
+        compiled = torch.compile(step, dynamic=False)
+
+        def run(*args: Any) -> Any:
+            # Dynamo says once per cached helper it traces (array-api-compat's, portnn's
+            # type lookups) that it ignores the cache: true, and harmless for these.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Dynamo detected a call to a `functools")
+                return compiled(*args)
+
+        return run
