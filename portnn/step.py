@@ -105,8 +105,7 @@ class Step:
         values = self.optimizer.scalars()
         if not self.compiled:
             return values
-        b = self.backend
-        return {k: b.xp.asarray(v, dtype=b.dtype, device=b.device) for k, v in values.items()}
+        return self.backend.step_scalars(values)
 
     def key(self) -> Any:
         """This step's random numbers as data: for a compiled step, a tuple of JAX keys, one

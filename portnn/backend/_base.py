@@ -171,6 +171,12 @@ class Backend:
         library's ``compiler``; the identity where it has none."""
         return step
 
+    def step_scalars(self, values: dict[str, float]) -> dict[str, Any]:
+        """A compiled step's numbers (the learning rate...) as 0-d arrays of the default
+        dtype, so one compilation serves every step whatever their values."""
+        xp, dtype, device = self.xp, self.dtype, self.device
+        return {k: xp.asarray(v, dtype=dtype, device=device) for k, v in values.items()}
+
     # --- floating-point errors --------------------------------------------------------------
     @staticmethod
     @contextlib.contextmanager
