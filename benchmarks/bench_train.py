@@ -11,6 +11,10 @@ after one warm-up epoch:
   portnn   portnn's ``Model.train`` on ``--backend``
   portnn-torch  the same on torch tensors, on the torch contestant's device (CUDA beside
            CuPy): the same portable code on another Array API library
+  portnn-jax  the same on the JAX backend (CPU, beside numpy), its training step compiled
+           by jax.jit (the default there): against ``jax``, what the framework costs a compiler
+  portnn-torch-compile  portnn on torch tensors with ``train(compile=True)``: the step
+           through torch.compile (beside numpy only; its compile time is in the warm-up)
   bare     the same network as a bare loop of Array API calls, no framework: the floor of
            portnn's design (what the framework should cost)
   torch    PyTorch eager: nn.Sequential + F.cross_entropy + optim.Adam, on the same device
@@ -48,10 +52,21 @@ ROWS = {
     "large-batch": {"batch": 4096, "hidden": 128},
     "wide": {"batch": 128, "hidden": 1024},
 }
-CONTESTANTS = ("portnn", "portnn-torch", "bare", "torch", "jax", "gemm")
+CONTESTANTS = (
+    "portnn",
+    "portnn-torch",
+    "portnn-jax",
+    "portnn-torch-compile",
+    "bare",
+    "torch",
+    "jax",
+    "gemm",
+)
 LABELS = {
     "portnn": "portnn `Model.train`",
     "portnn-torch": "portnn `Model.train` on torch tensors",
+    "portnn-jax": "portnn `Model.train` on JAX, step compiled (jax.jit)",
+    "portnn-torch-compile": "portnn `Model.train` on torch, `compile=True` (torch.compile)",
     "bare": "bare Array API loop",
     "torch": "PyTorch eager",
     "jax": "JAX jit (CPU)",
@@ -168,6 +183,8 @@ class Contestant:
 class PortnnModel(Contestant):
     """portnn's ``Model.train``: one epoch per call, silent, shuffled, data already on device."""
 
+    compile = None  # train's default for the backend
+
     def __init__(self, X, y, batch, hidden, backend, seed, device=None):
         import portnn as pn
 
@@ -192,6 +209,7 @@ class PortnnModel(Contestant):
         self.model = recipe.build(hidden=hidden)
         self.X, self.y = self.model.backend.asarray(X), self.model.backend.asarray(y)
         self.kwargs = {"epochs": 1, "batch_size": batch, "shuffle": True, "print_every": None}
+        self.kwargs["compile"] = self.compile
 
     def epoch(self):
         self.model.train(self.X, self.y, **self.kwargs)
@@ -210,6 +228,33 @@ class PortnnTorch(PortnnModel):
         if backend in ("torch", "array_api_strict"):
             raise Unavailable(f"only beside numpy or cupy (here the portnn row is {backend})")
         super().__init__(X, y, batch, hidden, "torch", seed, device=torch_device(backend))
+
+
+class PortnnJax(PortnnModel):
+    """portnn's ``Model.train`` on the JAX backend (CPU), the step compiled by jax.jit."""
+
+    def __init__(self, X, y, batch, hidden, backend, seed):
+        if backend != "numpy":
+            raise Unavailable("the JAX contestants run on the CPU, beside the numpy backend")
+        try:
+            import jax  # noqa: F401
+        except ImportError as exc:
+            raise Unavailable("jax is not installed (pip install jax)") from exc
+        super().__init__(X, y, batch, hidden, "jax", seed)
+
+
+class PortnnTorchCompile(PortnnModel):
+    """portnn's ``Model.train`` on torch tensors (CPU) with ``compile=True``."""
+
+    compile = True
+    skip = None  # why this run leaves it out (--quick: compiling takes about 40 s a row)
+
+    def __init__(self, X, y, batch, hidden, backend, seed):
+        if backend != "numpy":
+            raise Unavailable("beside numpy only (the CPU)")
+        if self.skip:
+            raise Unavailable(self.skip)
+        super().__init__(X, y, batch, hidden, "torch", seed)
 
 
 class BareLoop(Contestant):
@@ -465,6 +510,8 @@ class GemmFloor(Contestant):
 KINDS = {
     "portnn": PortnnModel,
     "portnn-torch": PortnnTorch,
+    "portnn-jax": PortnnJax,
+    "portnn-torch-compile": PortnnTorchCompile,
     "bare": BareLoop,
     "torch": TorchEager,
     "jax": JaxJit,
@@ -882,6 +929,8 @@ def main(argv=None) -> None:
     if args.check:
         check(args, log)
         return
+    if args.quick:
+        PortnnTorchCompile.skip = "left out of --quick runs: torch.compile takes ~40 s a row"
     info = machine_info(args)
     X, y = make_data(args.samples, args.seed)
     results = []
