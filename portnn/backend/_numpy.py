@@ -96,8 +96,8 @@ def _adam_passes(param, grad, m, v, beta_1, beta_2, scale, eps):
 
 @functools.cache
 def _fused_adam() -> Any:
-    """Adam as one compiled loop where numba is installed (``pip install 'portnn[fast]'``),
-    else None: the element-wise passes above are the fallback."""
+    """Adam as one compiled loop where numba is installed (a dependency of portnn where
+    CPython is), else None: the element-wise passes above are the fallback."""
     try:
         import numba
     except ImportError:
