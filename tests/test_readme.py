@@ -68,3 +68,13 @@ def test_the_switch_backend_snippet_runs(tmp_path):
     (switch,) = snippets("Switch backend")
     out = run(switch, tmp_path)
     assert re.fullmatch(r"\[\[\S+ +\S+ +\S+\]\]\n", out), out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="the snippet uses jax")
+def test_the_compile_snippet_trains_through_jax_jit(tmp_path):
+    (compiled,) = snippets("Compile the step")
+    checks = "\nprint(model._step_cache[1].compiled, model.evaluate(X, y)[1])\n"
+    out = run(compiled + checks, tmp_path)
+    flag, accuracy = out.splitlines()[-1].split()
+    assert flag == "True", out
+    assert float(accuracy) > 0.8, out
