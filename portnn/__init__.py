@@ -12,6 +12,7 @@ from .backend import (
     to_numpy,
     use_backend,
 )
+from .conv import AveragePool2D, Conv2D, Flatten, MaxPool2D
 from .layers import Dense, Dropout, Input, Layer
 from .losses import (
     BinaryCrossentropy,
@@ -23,6 +24,7 @@ from .losses import (
 )
 from .metrics import Accuracy, BinaryAccuracy, CategoricalAccuracy, RegressionAccuracy
 from .model import Model
+from .normalization import BatchNormalization
 from .optimizers import SGD, Adagrad, Adam, Optimizer, RMSprop
 from .threads import get_num_threads, num_threads, set_num_threads
 
@@ -35,18 +37,23 @@ __all__ = [
     "Accuracy",
     "Adagrad",
     "Adam",
+    "AveragePool2D",
     "Backend",
+    "BatchNormalization",
     "BinaryAccuracy",
     "BinaryCrossentropy",
     "CategoricalAccuracy",
     "CategoricalCrossentropy",
+    "Conv2D",
     "Dense",
     "Dropout",
+    "Flatten",
     "Input",
     "Layer",
     "LeakyReLU",
     "Linear",
     "Loss",
+    "MaxPool2D",
     "MeanAbsoluteError",
     "MeanSquaredError",
     "Model",
