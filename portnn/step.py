@@ -31,6 +31,14 @@ if TYPE_CHECKING:
     from .model import Model
 
 
+def compilable(model: Model) -> bool:
+    """Whether a compiler can take the model's step: every layer's math is its pure pair and
+    the optimizer writes ``rule`` (not the older ``_update``, which reads its own numbers)."""
+    return all(layer.is_pure for layer in model.layers) and (
+        type(model.optimizer)._update is Optimizer._update
+    )
+
+
 class Step:
     """A model's training step as a pure function of its arrays (see the module docstring);
     ``compile=True`` hands it to the backend's compiler."""

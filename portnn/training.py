@@ -114,8 +114,8 @@ def train(  # Model.train: ``self`` is the model, so help() and the API page sho
     it eagerly; None (default) compiles where the backend does so by default (JAX). A
     compiled step gives the eager one's parameters to float tolerance; each batch shape
     (the last, shorter batch) compiles once. A model with a layer that overrides the book's
-    ``forward``/``backward`` (rather than ``apply``/``vjp``) trains eagerly, and
-    ``compile=True`` refuses it.
+    ``forward``/``backward`` (rather than ``apply``/``vjp``), or an optimizer that writes
+    ``_update`` (rather than ``rule``), trains eagerly, and ``compile=True`` refuses it.
     """
     run = Run(
         self,
@@ -428,13 +428,13 @@ def _interrupts(run: Run, enabled: bool) -> Iterator[None]:
 
 def _step(model: Model, compile: bool | None) -> Any:
     """The model's training step, compiled as ``compile`` says (None: the backend's default,
-    for a model whose layers are all pure)."""
-    from .step import Step
+    for a model a compiler can take)."""
+    from .step import Step, compilable
 
     if compile not in (None, True, False):
         raise ValueError(f"compile must be True, False or None, got {compile!r}")
     if compile is None:
-        compile = model.backend.compiles_by_default and all(la.is_pure for la in model.layers)
+        compile = model.backend.compiles_by_default and compilable(model)
     # A compiled step is kept for the next call while what it was traced with is the same:
     # the objects and every setting a compiler takes as a constant.
     parts = (model.loss, model.accuracy, model.optimizer, *model.layers)

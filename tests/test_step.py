@@ -229,6 +229,19 @@ def test_without_a_flag_an_impure_model_trains_eagerly_and_the_same(backend64):
     _assert_same_state(by_default, run(False, pn.Dropout(0.25)))
 
 
+def test_without_a_flag_an_old_optimizer_trains_eagerly_and_the_same(backend64):
+    X, y = _data()
+
+    def run(compile, optimizer):
+        pn.seed(6)
+        model = _model(optimizer)
+        model.train(X, y, epochs=2, batch_size=5, print_every=None, compile=compile)
+        assert not model._step_cache[1].compiled
+        return _state(model)
+
+    _assert_same_state(run(None, _OldOptimizer(0.1)), run(False, pn.SGD(0.1)))
+
+
 def test_compile_none_follows_the_backend(backend64):
     X, y = _data()
     model = _model(pn.SGD(0.1))
