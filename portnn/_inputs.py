@@ -6,28 +6,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._xp import all_finite, is_kind
+from .layers import shape_text
 
 if TYPE_CHECKING:
     from .model import Model
 
 
 def prepare_x(model: Model, X: Any) -> Any:
-    """X as 2-D finite floats of the model's backend, as wide as its first layer."""
+    """X as finite floats of the model's backend, of the shape its first layers take (2-D
+    and as wide as the first layer, or NCHW images of its channels and size)."""
     b = model.backend
     original, X = X, b.asarray(X)
     xp = b.xp
     if not xp.isdtype(X.dtype, "real floating"):
         X = xp.astype(X, b.dtype)
-    width = model.n_inputs
-    if X.ndim != 2:
-        raise ValueError(
-            f"X must be 2-D (samples, features), got shape {tuple(X.shape)}; "
-            "flatten each sample, e.g. X.reshape(len(X), -1)"
-        )
-    if width is not None and X.shape[1] != width:
-        raise ValueError(
-            f"X has {X.shape[1]} features per sample but the first layer takes {width}"
-        )
+    _check_shape(model.input_shape, tuple(X.shape))
     if X.shape[0] == 0:
         raise ValueError("X has no samples")
     if not all_finite(X):
@@ -39,6 +32,40 @@ def prepare_x(model: Model, X: Any) -> Any:
             )
         raise ValueError("X contains NaN or infinite values; clean or impute them first")
     return X
+
+
+def _check_shape(shape: tuple[int | None, ...] | None, found: tuple[int, ...]) -> None:
+    """A ValueError unless data of shape ``found`` fits a model of inputs ``shape`` (None:
+    any shape with a batch axis and features; otherwise its rank, and every size it fixes)."""
+    rank = 2 if shape is None else len(shape)
+    if rank == 2 and (len(found) != 2 if shape is not None else len(found) < 2):
+        raise ValueError(
+            f"X must be 2-D (samples, features), got shape {found}; "
+            "flatten each sample, e.g. X.reshape(len(X), -1)"
+        )
+    if shape is None:
+        return
+    if rank == 2:
+        if shape[1] is not None and found[1] != shape[1]:
+            raise ValueError(
+                f"X has {found[1]} features per sample but the first layer takes {shape[1]}"
+            )
+        return
+    wanted = shape_text(shape).replace("batch", "samples")
+    if rank == 4:
+        names = ("channels", "height", "width")
+        c, h, w = (name if n is None else n for name, n in zip(names, shape[1:], strict=True))
+        hint = (
+            f"; the model takes NCHW images (samples, channels, height, width): reshape flat "
+            f"ones with X.reshape(len(X), {c}, {h}, {w}), convert NHWC ones with "
+            "X.transpose(0, 3, 1, 2)"
+        )
+    else:
+        hint = ""
+    if len(found) != rank or any(
+        n is not None and n != m for n, m in zip(shape, found, strict=True)
+    ):
+        raise ValueError(f"X has shape {found}, but the model takes {wanted}{hint}")
 
 
 def prepare(model: Model, X: Any, y: Any) -> tuple[Any, Any]:

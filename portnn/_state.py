@@ -1,8 +1,8 @@
 """A Model's state as one flat dict of arrays and numbers, the format ``Model.state_dict``
 gives and ``save``, checkpoints, the divergence snapshot and interop are made of:
-``layers/<i>/<name>`` for each parameter (``i`` indexes ``model.layers``) and, with an
-optimizer, ``optimizer/iterations``, ``optimizer/current_learning_rate`` and
-``optimizer/<i>/<name>/<field>``. What comes in is checked whole before anything is set,
+``layers/<i>/<name>`` for each parameter and each layer's state (``state_names``; ``i``
+indexes ``model.layers``) and, with an optimizer, ``optimizer/iterations``,
+``optimizer/current_learning_rate`` and ``optimizer/<i>/<name>/<field>``. What comes in is checked whole before anything is set,
 so a bad dict changes nothing.
 """
 
@@ -131,19 +131,25 @@ def from_pairs(model: Model, parameters: Iterable[tuple[Any, Any]]) -> dict[str,
         raise ValueError(
             f"got {len(parameters)} parameter pairs for {len(layers)} trainable layers"
         )
-    return {
+    params = {
         f"layers/{i}/{name}": value
         for (i, layer), pair in zip(layers, parameters, strict=True)
         for name, value in zip(layer.param_names, pair, strict=True)
     }
+    # Layer state (running statistics) is not a parameter: the pairs leave it as it is.
+    for i, layer in enumerate(model.layers):
+        params.update({f"layers/{i}/{name}": getattr(layer, name) for name in layer.state_names})
+    return params
 
 
 def _parameters(model: Model) -> dict[str, tuple[Layer, str]]:
-    """Each parameter's key, with the layer and attribute that hold it."""
+    """Each parameter's key, and each layer state's (``state_names``: BatchNormalization's
+    running statistics, saved and loaded beside the parameters, never stepped), with the
+    layer and attribute that hold it."""
     return {
         f"layers/{i}/{name}": (layer, name)
         for i, layer in enumerate(model.layers)
-        for name in layer.param_names
+        for name in layer.param_names + layer.state_names
     }
 
 

@@ -31,15 +31,24 @@ def parameter_count(layer: Layer) -> int:
     return sum(math.prod(getattr(layer, name).shape) for name in layer.param_names)
 
 
+def state_count(layer: Layer) -> int:
+    """How many numbers ``layer`` keeps that no gradient adjusts (its ``state_names``:
+    BatchNormalization's running statistics), Keras' non-trainable parameters."""
+    return sum(math.prod(getattr(layer, name).shape) for name in layer.state_names)
+
+
 def summary(model: Model) -> str:
-    """Each layer with its output shape and parameter count, the totals, the loss and
-    optimizer, and where the model computes."""
+    """Each layer with its output shape and parameter count (trained ones), the totals (and
+    the layers' state, non-trainable, where any keeps some), the loss and optimizer, and
+    where the model computes."""
     rows = [("layer", "output shape", "parameters")]
+    digits = len(str(len(model.layers) - 1))
     for i, (layer, shape) in enumerate(zip(model.layers, model.shapes(), strict=True)):
-        rows.append((f"{i}  {layer!r}", shape_text(shape), f"{parameter_count(layer):,}"))
+        rows.append((f"{i:>{digits}}  {layer!r}", shape_text(shape), f"{parameter_count(layer):,}"))
     header, *lines = table(rows, right={2})
     rule = "-" * len(header)
     b = model.backend
+    fixed = sum(state_count(layer) for layer in model.layers)
     return "\n".join(
         [
             header,
@@ -47,6 +56,11 @@ def summary(model: Model) -> str:
             *lines,
             rule,
             f"parameters: {model.count_parameters():,}",
+            *(
+                [f"non-trainable: {fixed:,} (running statistics, not counted above)"]
+                if fixed
+                else []
+            ),
             f"loss: {model.loss!r}, optimizer: {model.optimizer!r}",
             f"backend: {b.name}, device: {b.device}, dtype: {b.dtype_name}",
         ]

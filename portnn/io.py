@@ -5,7 +5,8 @@ A portnn file is a NumPy ``.npz`` archive (a zip of ``.npy`` arrays) holding
   "kind": "model" | "parameters", "dtype": ..., "layers": [{"class", "config"}...],
   "loss", "accuracy", "optimizer": {"class", "config", "iterations",
   "current_learning_rate"}}`` (loss, accuracy and optimizer are null when unset);
-- ``layers/<i>/<name>``: parameter ``name`` of layer ``i`` (``weights``, ``biases``);
+- ``layers/<i>/<name>``: parameter ``name`` of layer ``i`` (``weights``, ``biases``), or its
+  state (``running_mean``, ``running_var``: a layer's ``state_names``);
 - ``optimizer/<i>/<name>/<field>``: the optimizer's state for that parameter.
 
 Arrays are stored on the host, uncompressed, in the header's dtype (a file holding another
@@ -30,7 +31,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _npz, activations, layers, losses, metrics, optimizers, random, schedules
+from . import (
+    _npz,
+    activations,
+    conv,
+    layers,
+    losses,
+    metrics,
+    normalization,
+    optimizers,
+    random,
+    schedules,
+)
 from ._npz import FORMAT, VERSION, ModelFileError
 from ._npz import HEADER as HEADER
 from .backend import DTYPES, Backend, get_backend, to_numpy
@@ -54,6 +66,11 @@ _LAYERS = _by_name(
     activations.Linear,
     activations.Tanh,
     activations.LeakyReLU,
+    conv.Conv2D,
+    conv.MaxPool2D,
+    conv.AveragePool2D,
+    conv.Flatten,
+    normalization.BatchNormalization,
 )
 _LOSSES = _by_name(
     losses.CategoricalCrossentropy,
@@ -163,7 +180,8 @@ def _saved(header: dict, path: str) -> _Saved:
         fields = optimizer.State._fields if optimizer.State is not None else ()
         for key, shape in list(shapes.items()):
             i, name = key.split("/")[1:]
-            shapes.update({f"optimizer/{i}/{name}/{field}": shape for field in fields})
+            if name not in specs[int(i)][0].state_names:  # running statistics: no optimizer
+                shapes.update({f"optimizer/{i}/{name}/{field}": shape for field in fields})
     return _Saved(dtype, specs, loss, accuracy, optimizer, shapes)
 
 

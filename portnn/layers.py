@@ -144,7 +144,30 @@ class Layer:
 
 
 class Input(Layer):
-    """Input: passes the data on unchanged (the book's ``Layer_Input``)."""
+    """Input: passes the data on unchanged (the book's ``Layer_Input``).
+
+    ``shape`` (optional) is one sample's shape, without the batch: ``(784,)`` for flat
+    features, ``(1, 28, 28)`` for NCHW images. A model that starts with it knows its inputs
+    before the first batch: its sizes are checked, and its summary shows them, at
+    ``finalize``; data of another shape is refused."""
+
+    def __init__(self, shape: tuple[int, ...] | list[int] | None = None) -> None:
+        if shape is not None:
+            if not isinstance(shape, tuple | list) or not shape:
+                raise ValueError(
+                    f"Input shape must be a sample's shape, a tuple of positive integers such "
+                    f"as (1, 28, 28), got {shape!r}"
+                )
+            shape = tuple(integer(f"Input shape[{i}]", n) for i, n in enumerate(shape))
+        self.shape = shape
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        """The shape a batch must have, ``(batch, *shape)`` (None: not given)."""
+        return None if self.shape is None else (None, *self.shape)
+
+    def get_config(self) -> dict:
+        return {} if self.shape is None else {"shape": list(self.shape)}
 
     def apply(self, params, inputs, training=False, key=None):
         return inputs, None

@@ -108,9 +108,28 @@ class Model:
         return get_backend()
 
     @property
+    def input_shape(self) -> tuple[int | None, ...] | None:
+        """The shape a batch of inputs must have (None: any size, such as the batch's), from
+        the first layer that says: an ``Input(shape=...)``, or one that fixes its inputs
+        (Dense: ``(batch, n_inputs)``; Conv2D: ``(batch, in_channels, height, width)``),
+        looked for past layers that keep their inputs' shape (activations, Dropout) but not
+        past one that changes it (Flatten, pooling); None where none says."""
+        for layer in self.layers:
+            shape = getattr(layer, "input_shape", None)  # Input(shape=...)'s, Conv2D's
+            if shape is not None:
+                return tuple(shape)
+            if layer.n_inputs is not None:
+                return (None, layer.n_inputs)
+            if type(layer).output_shape is not Layer.output_shape:
+                return None
+        return None
+
+    @property
     def n_inputs(self) -> int | None:
-        """The features a sample must have: the first layer's that says (None: any)."""
-        return next((la.n_inputs for la in self.layers if la.n_inputs is not None), None)
+        """The features a sample must have, for a model of 2-D inputs (None: any, or inputs
+        of another rank, such as images)."""
+        shape = self.input_shape
+        return shape[1] if shape is not None and len(shape) == 2 else None
 
     @property
     def n_outputs(self) -> int | None:
@@ -118,9 +137,10 @@ class Model:
         return self.shapes()[-1][-1] if self.layers else None
 
     def shapes(self) -> list[tuple[int | None, ...]]:
-        """Each layer's output shape (None: the batch, or any size), from ``(None,
-        n_inputs)``; a ValueError naming the first layer that cannot take its inputs."""
-        shape: tuple[int | None, ...] = (None, self.n_inputs)
+        """Each layer's output shape (None: the batch, or any size), from ``input_shape``
+        (``(None, None)`` where unknown); a ValueError naming the first layer that cannot take
+        its inputs."""
+        shape: tuple[int | None, ...] = self.input_shape or (None, None)
         out = []
         for i, layer in enumerate(self.layers):
             try:
@@ -147,11 +167,13 @@ class Model:
         )
 
     def _sizes(self) -> list[int]:
-        """The widths ``2-64-3`` names: the inputs, then each layer with parameters' output."""
+        """The widths ``2-64-3`` names: the inputs, then each layer with parameters' output
+        (features, or channels for images)."""
         if not any(la.param_names for la in self.layers):
             return []
-        widths = [s[-1] for la, s in zip(self.layers, self.shapes(), strict=True) if la.param_names]
-        return [self.n_inputs, *widths]
+        shapes = self.shapes()
+        widths = [s[1] for la, s in zip(self.layers, shapes, strict=True) if la.param_names]
+        return [(self.input_shape or (None, None))[1], *widths]
 
     def count_parameters(self) -> int:
         """How many numbers training adjusts (weights and biases of every layer)."""
