@@ -188,7 +188,10 @@ class Run:
             self.dp = DataParallel(comm, model, sharded)
             self.dp.together("checking the training arguments and data", self._setup, *setup)
             self._distribute(batch_size, shuffle)
-        self.step = _step(model, compile)
+        step = _step(model, compile)
+        # One call a batch: the step on the batch, or (data parallel) the step wrapped in
+        # the all-reduce of every rank's gradients between its two halves.
+        self.step = (lambda i, batch: step(*batch())) if self.dp is None else self.dp.wrap(step)
         self.shuffle = shuffle and len(self.batches) > 1
         self.is_main = self.dp is None or self.dp.is_root  # the one rank that prints and writes
         if progress is None:
@@ -300,29 +303,20 @@ class Run:
         order = None
         if self.shuffle:
             order = self._permutation(X.shape[0], b)
+
+        def batch(s: slice) -> tuple[Any, Any]:
+            if order is None:
+                return X[s, ...], y[s, ...]
+            rows = order[s]
+            return xp.take(X, rows, axis=0), xp.take(y, rows, axis=0)
+
         epoch_figures, reg = [], 0.0
         for i, s in enumerate(self.batches):
             if self.interrupted:  # Ctrl-C: stop between steps, never inside one
                 raise _Interrupted
-            failure = None
-            try:
-                if order is None:
-                    xb, yb = X[s, ...], y[s, ...]
-                else:
-                    rows = order[s]
-                    xb, yb = xp.take(X, rows, axis=0), xp.take(y, rows, axis=0)
-                if i == len(self.batches) - 1:
-                    reg = model.loss.regularization_total()  # the book reports the last batch's
-                if self.dp is None:
-                    epoch_figures.append(self.step(xb, yb))
-                else:
-                    epoch_figures.append(self._gradients(xb, yb))
-            except Exception as exc:
-                if self.dp is None:
-                    raise
-                failure = exc  # every rank learns it in this step's all-reduce
-            if self.dp is not None:
-                self.dp.step(i, failure)
+            if i == len(self.batches) - 1:
+                reg = model.loss.regularization_total()  # the book reports the last batch's
+            epoch_figures.append(self.step(i, lambda s=s: batch(s)))
             self.progress.step(lambda: means(model, epoch_figures))
         data_loss, accuracy = self._means(epoch_figures)
         record = {
@@ -337,19 +331,6 @@ class Run:
             val_figures = evaluate_figures(model, *self.val)
             record["val_loss"], record["val_accuracy"] = self._means(val_figures)
         return record
-
-    def _gradients(self, xb: Any, yb: Any) -> tuple[Any, Any]:
-        """Data parallel: the step's first half on this rank's part of the batch, its
-        gradients left on the layers (``d<name>``) for ``dp.step``'s all-reduce and update,
-        which follow; the part's figures."""
-        step = self.step
-        params, state, _ = step.gather()
-        grads, state, batch_figures = step.gradients(params, state, xb, yb, step.key())
-        for key, layer, name in step.params_keys:
-            setattr(layer, "d" + name, grads[key])
-        for key, layer, name in step.state_keys:
-            setattr(layer, name, state[key])
-        return batch_figures
 
     def _permutation(self, n: int, backend: Any) -> Any:
         """The epoch's order of the samples (distributed: rank 0's, on every rank)."""

@@ -123,6 +123,29 @@ class DataParallel:
         samples, total = self.parts[i]
         self.optimizer.step(samples=samples, total=total, failure=failure)  # the model's layers
 
+    def wrap(self, step: Any) -> Callable[[int, Callable[[], tuple]], Any]:
+        """The model's training step (``portnn.step.Step``) made data parallel: its first half
+        (``gradients``) on this rank's part of batch ``i``, the all-reduce of every rank's
+        gradients, then the update. A failure on one rank (in the batch or the gradients)
+        goes into the all-reduce, so every rank raises it after the same step."""
+
+        def run(i: int, batch: Callable[[], tuple]) -> Any:
+            failure = figures = None
+            try:
+                xb, yb = batch()
+                params, state, _ = step.gather()
+                grads, state, figures = step.gradients(params, state, xb, yb, step.key())
+                for key, layer, name in step.params_keys:  # where the all-reduce reads them
+                    setattr(layer, "d" + name, grads[key])
+                for key, layer, name in step.state_keys:
+                    setattr(layer, name, state[key])
+            except Exception as exc:
+                failure = exc  # every rank learns it in this step's all-reduce
+            self.step(i, failure)
+            return figures
+
+        return run
+
     def sums(self, pass_figures: list[tuple[Any, Any]]) -> tuple[_Sums, _Sums]:
         """The loss and accuracy of this rank's part of a pass, as sums (cf. ``means``)."""
         if not pass_figures:
