@@ -10,6 +10,7 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ from . import _npz
 from ._npz import ModelFileError, short
 
 _FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+_COUNTS = {"I64": np.int64, "I32": np.int32}  # a counter's dtypes (torch's num_batches_tracked)
+_DTYPES = {**_FLOATS, **_COUNTS}
 _EXTRA = "pip install 'portnn[safetensors]' (or pip install safetensors)"
 
 
@@ -95,11 +98,22 @@ class Reader:
                 raise self._error(f"tensor {short(name)} has a malformed entry {short(entry)}")
             self._entries[name] = (dtype, tuple(shape), (offsets[0], offsets[1]))
 
-    def read(self, needed: dict[str, tuple[int, ...]], whose: str) -> dict[str, np.ndarray]:
+    def read(
+        self, needed: dict[str, tuple[int, ...]], whose: str, counters: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
         """Every tensor, in native byte order: the names must be ``needed``'s, the dtypes
         real floats and the shapes ``needed``'s, and the byte ranges must tile the data that
-        follows the header, all checked before anything is read."""
-        found = set(self._entries)
+        follows the header, all checked before anything is read. ``counters`` may be there
+        too, or not: integers of shape () (torch's BatchNorm ``num_batches_tracked``)."""
+        counted = set(self._entries) & set(counters)
+        for name in sorted(counted):
+            dtype, shape, _ = self._entries[name]
+            if dtype not in _COUNTS or shape != ():
+                raise ModelFileError(
+                    f"{self.path}: tensor {name} has dtype {short(dtype)} and shape {shape}; "
+                    f"a batch counter is an integer ({', '.join(_COUNTS)}) of shape ()"
+                )
+        found = set(self._entries) - counted
         if found != set(needed):
             raise ModelFileError(
                 f"{self.path} holds tensors {short(sorted(found))} but {whose} needs "
@@ -129,7 +143,7 @@ class Reader:
         for name, (dtype, shape, (begin, stop)) in sorted(
             self._entries.items(), key=lambda item: item[1][2]
         ):
-            size = math.prod(shape) * np.dtype(_FLOATS[dtype]).itemsize
+            size = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
             if begin != end or stop - begin != size:
                 raise self._error(
                     f"tensor {name} of shape {shape} needs {size} bytes from byte {end} (the "

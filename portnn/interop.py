@@ -4,9 +4,16 @@ read, laid out so that they load straight into the equivalent ``torch.nn.Sequent
 Layers map one to one (``torch_sequential`` builds the Sequential): Dense -> ``nn.Linear``,
 ReLU -> ``nn.ReLU``, Softmax -> ``nn.Softmax(dim=1)``, Sigmoid -> ``nn.Sigmoid``, Tanh ->
 ``nn.Tanh``, LeakyReLU(alpha) -> ``nn.LeakyReLU(alpha)``, Linear and Input -> ``nn.Identity``,
-Dropout(rate) -> ``nn.Dropout(rate)``. Dense layer ``i`` of ``model.layers`` is stored as
-``"<i>.weight"``, shape ``(n_neurons, n_inputs)`` (nn.Linear's layout, portnn's transposed),
-and ``"<i>.bias"``, shape ``(n_neurons,)``, in the model's dtype. The string metadata holds
+Dropout(rate) -> ``nn.Dropout(rate)``, Conv2D -> ``nn.Conv2d``, MaxPool2D -> ``nn.MaxPool2d``,
+AveragePool2D -> ``nn.AvgPool2d``, Flatten -> ``nn.Flatten()``, BatchNormalization ->
+``nn.BatchNorm2d`` on images, ``nn.BatchNorm1d`` otherwise. Dense layer ``i`` of
+``model.layers`` is stored as ``"<i>.weight"``, shape ``(n_neurons, n_inputs)`` (nn.Linear's
+layout, portnn's transposed), and ``"<i>.bias"``, shape ``(n_neurons,)``; Conv2D's as they are
+(``(out_channels, in_channels, kh, kw)`` and ``(out_channels,)``); BatchNormalization's as
+``"<i>.weight"``, ``"<i>.bias"``, ``"<i>.running_mean"``, ``"<i>.running_var"`` and torch's
+batch counter ``"<i>.num_batches_tracked"`` (int64, written as 0: portnn does not count, and
+torch reads it only for ``momentum=None``; a file may hold it or not), all in the model's
+dtype but the counter. The string metadata holds
 ``"format": "pt"`` and ``"portnn"``: JSON ``{"format": "portnn", "version": 1, "dtype",
 "layers": [{"class", "config"}...]}``, from which ``load_safetensors(path)`` rebuilds the
 model (architecture and weights; the loss, accuracy and optimizer are ``model.save``'s).
@@ -41,20 +48,61 @@ __all__ = ["METADATA_KEY", "VERSION", "load_safetensors", "save_safetensors", "t
 METADATA_KEY = "portnn"  # the metadata entry holding the architecture, as JSON
 VERSION = 1
 
-# portnn's layer classes (by name, as portnn.io saves them) and their torch modules.
+# portnn's layer classes (by name, as portnn.io saves them) and their torch modules, from
+# the layer's config and its inputs' shape (BatchNormalization is BatchNorm2d on images).
 _TORCH = {
-    "Dense": lambda nn, c, dtype: nn.utils.skip_init(
+    "Dense": lambda nn, c, dtype, shape: nn.utils.skip_init(
         nn.Linear, c["n_inputs"], c["n_neurons"], dtype=dtype
     ),
-    "ReLU": lambda nn, c, dtype: nn.ReLU(),
-    "Softmax": lambda nn, c, dtype: nn.Softmax(dim=1),
-    "Sigmoid": lambda nn, c, dtype: nn.Sigmoid(),
-    "Tanh": lambda nn, c, dtype: nn.Tanh(),
-    "LeakyReLU": lambda nn, c, dtype: nn.LeakyReLU(c["alpha"]),
-    "Linear": lambda nn, c, dtype: nn.Identity(),
-    "Input": lambda nn, c, dtype: nn.Identity(),
-    "Dropout": lambda nn, c, dtype: nn.Dropout(c["rate"]),
+    "ReLU": lambda nn, c, dtype, shape: nn.ReLU(),
+    "Softmax": lambda nn, c, dtype, shape: nn.Softmax(dim=1),
+    "Sigmoid": lambda nn, c, dtype, shape: nn.Sigmoid(),
+    "Tanh": lambda nn, c, dtype, shape: nn.Tanh(),
+    "LeakyReLU": lambda nn, c, dtype, shape: nn.LeakyReLU(c["alpha"]),
+    "Linear": lambda nn, c, dtype, shape: nn.Identity(),
+    "Input": lambda nn, c, dtype, shape: nn.Identity(),
+    "Dropout": lambda nn, c, dtype, shape: nn.Dropout(c["rate"]),
+    "Conv2D": lambda nn, c, dtype, shape: nn.utils.skip_init(
+        nn.Conv2d,
+        c["in_channels"],
+        c["out_channels"],
+        _pair(c["kernel_size"]),
+        stride=_pair(c["stride"]),
+        padding=c["padding"] if c["padding"] == "same" else _pair(c["padding"]),
+        dtype=dtype,
+    ),
+    "MaxPool2D": lambda nn, c, dtype, shape: nn.MaxPool2d(
+        _pair(c["pool_size"]), _pair(c["stride"] or c["pool_size"])
+    ),
+    "AveragePool2D": lambda nn, c, dtype, shape: nn.AvgPool2d(
+        _pair(c["pool_size"]), _pair(c["stride"] or c["pool_size"])
+    ),
+    "Flatten": lambda nn, c, dtype, shape: nn.Flatten(),
+    "BatchNormalization": lambda nn, c, dtype, shape: (
+        nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
+    )(c["n_features"], eps=c["epsilon"], momentum=c["momentum"], dtype=dtype),
 }
+
+# The tensors of each layer class with parameters: torch's name -> the portnn array it holds
+# and whether it is transposed (nn.Linear's weight; Dense's (1, n) biases are 1-D in torch).
+# torch's BatchNorm also counts its batches (num_batches_tracked, int64), which it uses only
+# for momentum=None: portnn writes 0, and takes a file with or without it, ignoring it.
+_NAMES = {
+    "Dense": {"weight": ("weights", True), "bias": ("biases", False)},
+    "Conv2D": {"weight": ("weights", False), "bias": ("biases", False)},
+    "BatchNormalization": {
+        "weight": ("weights", False),
+        "bias": ("biases", False),
+        "running_mean": ("running_mean", False),
+        "running_var": ("running_var", False),
+    },
+}
+_COUNTER = "num_batches_tracked"
+
+
+def _pair(value: int | list[int]) -> tuple[int, int]:
+    """A config's int or [height, width] as the pair torch takes."""
+    return (value[0], value[1]) if isinstance(value, list) else (value, value)
 
 
 # --- the layout, one place ------------------------------------------------------------------
@@ -73,7 +121,8 @@ def _described(model: Model) -> list[dict]:
             d = io._described(layer, io._LAYERS)
         except TypeError:
             d = None
-        if d is None or d["class"] not in _TORCH or (layer.param_names and d["class"] != "Dense"):
+        mapped = d is not None and d["class"] in _TORCH
+        if not mapped or (layer.param_names and d["class"] not in _NAMES):
             raise TypeError(
                 f"layer {i} is a {type(layer).__name__}, which has no torch.nn equivalent here: "
                 f"portnn maps its own layers only ({', '.join(_TORCH)})"
@@ -82,32 +131,47 @@ def _described(model: Model) -> list[dict]:
     return described
 
 
-def _torch_shapes(i: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Dense layer ``i``'s portnn parameter shapes as nn.Linear's tensor names and shapes."""
-    if not shapes:
-        return {}
-    n_inputs, n_neurons = shapes["weights"]
-    return {f"{i}.weight": (n_neurons, n_inputs), f"{i}.bias": (n_neurons,)}
+def _torch_shapes(i: int, name: str, shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Layer ``i``'s (a ``name``'s) portnn array shapes as its torch module's tensor names and
+    shapes: nn.Linear's weight transposed, every bias 1-D."""
+    torch_shapes = {}
+    for torch_name, (ours, transposed) in _NAMES.get(name, {}).items():
+        shape = shapes[ours][::-1] if transposed else shapes[ours]
+        torch_shapes[f"{i}.{torch_name}"] = shape[-1:] if ours == "biases" else shape
+    return torch_shapes
+
+
+def _counters(specs: list[tuple[str, dict]]) -> list[str]:
+    """The torch names of the batch counters of the layers ``specs`` (class name, config)
+    describe: BatchNorm's ``<i>.num_batches_tracked``."""
+    return [f"{i}.{_COUNTER}" for i, (name, _) in enumerate(specs) if name == "BatchNormalization"]
 
 
 def _tensors(model: Model) -> dict[str, np.ndarray]:
-    """The model's parameters in nn.Linear's names and layouts, on the host, contiguous
-    (safetensors copies raw memory)."""
+    """The model's parameters and running statistics in torch's names and layouts, on the
+    host, contiguous (safetensors copies raw memory); each BatchNorm's counter as 0."""
     tensors = {}
     for i, layer in enumerate(model.layers):
-        if layer.param_names:
-            tensors[f"{i}.weight"] = np.ascontiguousarray(to_numpy(layer.weights).T)
-            tensors[f"{i}.bias"] = np.ascontiguousarray(to_numpy(layer.biases).reshape(-1))
+        for torch_name, (ours, transposed) in _NAMES.get(type(layer).__name__, {}).items():
+            array = to_numpy(getattr(layer, ours))
+            array = array.T if transposed else array
+            if ours == "biases":
+                array = array.reshape(-1)
+            tensors[f"{i}.{torch_name}"] = np.ascontiguousarray(array)
+    names = [(type(layer).__name__, {}) for layer in model.layers]
+    tensors.update({name: np.array(0, dtype=np.int64) for name in _counters(names)})
     return tensors
 
 
 def _parameters(model: Model, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Tensors in nn.Linear's layout as the model's ``layers/<i>/<name>`` parameters."""
+    """Tensors in torch's names and layouts as the model's ``layers/<i>/<name>`` arrays (its
+    parameters and running statistics); counters are left out."""
     params = {}
     for i, layer in enumerate(model.layers):
-        if layer.param_names:
-            params[f"layers/{i}/weights"] = tensors[f"{i}.weight"].T
-            params[f"layers/{i}/biases"] = tensors[f"{i}.bias"].reshape(1, -1)
+        for torch_name, (ours, transposed) in _NAMES.get(type(layer).__name__, {}).items():
+            tensor = tensors[f"{i}.{torch_name}"]
+            tensor = tensor.T if transposed else tensor
+            params[f"layers/{i}/{ours}"] = tensor.reshape(tuple(getattr(layer, ours).shape))
     return params
 
 
@@ -158,29 +222,29 @@ def load_safetensors(
                 "backend= is where a rebuilt model goes; a model loaded into stays where it "
                 "is (move it with model.to(backend))"
             )
-        needed = {}
-        for i, described in enumerate(_described(model)):
-            cls = io._LAYERS[described["class"]]
-            shapes = io._parameter_shapes(cls, described["config"], i, path)
-            needed.update(_torch_shapes(i, shapes))
+        described = [(d["class"], d["config"]) for d in _described(model)]
         with Reader(path) as file:
-            tensors = _fitted(file.read(needed, "the model"), model.backend.dtype_name, path)
+            tensors = _read(file, described, "the model", model.backend.dtype_name)
         model._assign(_parameters(model, tensors))
         return model
 
     with Reader(path) as file:
         dtype, specs = _architecture(file.metadata, path)
-        needed = {}
-        for i, (cls, config) in enumerate(specs):
-            needed.update(_torch_shapes(i, io._parameter_shapes(cls, config, i, path)))
-        tensors = _fitted(file.read(needed, "its metadata"), dtype, path)
+        tensors = _read(file, [(cls.__name__, c) for cls, c in specs], "its metadata", dtype)
     rebuilt = io._rebuilt(specs, get_backend(backend, dtype), path)
     rebuilt._assign(_parameters(rebuilt, tensors))
     return rebuilt
 
 
-def _fitted(tensors: dict[str, np.ndarray], dtype: str, path: str) -> dict[str, np.ndarray]:
-    return {k: _npz.fitted(path, f"tensor {k}", v, dtype) for k, v in tensors.items()}
+def _read(file: Reader, specs: list[tuple[str, dict]], whose: str, dtype: str) -> dict:
+    """The tensors of the layers ``specs`` (class name, config) describe, checked and cast to
+    ``dtype``; BatchNorm's batch counters, if there, are checked and dropped."""
+    needed = {}
+    for i, (name, config) in enumerate(specs):
+        shapes = io._parameter_shapes(io._LAYERS[name], config, i, file.path)
+        needed.update(_torch_shapes(i, name, shapes))
+    tensors = file.read(needed, whose, counters=_counters(specs))
+    return {k: _npz.fitted(file.path, f"tensor {k}", tensors[k], dtype) for k in needed}
 
 
 def _architecture(metadata: dict[str, str], path: str) -> tuple[str, list[tuple[type, dict]]]:
@@ -215,7 +279,11 @@ def torch_sequential(model: Model) -> Any:
             "torch_sequential needs PyTorch: pip install 'portnn[torch]' (or pip install torch)"
         ) from exc
     dtype = getattr(torch, model.backend.dtype_name)
-    modules = [_TORCH[d["class"]](nn, d["config"], dtype) for d in described]
+    inputs = [model.input_shape or (None, None), *model.shapes()[:-1]]
+    modules = [
+        _TORCH[d["class"]](nn, d["config"], dtype, shape)
+        for d, shape in zip(described, inputs, strict=True)
+    ]
     sequential = nn.Sequential(*modules)
     state = {name: torch.from_numpy(tensor) for name, tensor in _tensors(model).items()}
     sequential.load_state_dict(state, strict=True)
