@@ -63,9 +63,9 @@ MUTATIONS = [
     # --- the training loop ----------------------------------------------------------------
     Mutation(
         "train-forward-not-training",
-        "portnn/training.py",
-        "output = model.forward(xb, training=True)",
-        "output = model.forward(xb)",
+        "portnn/step.py",
+        "x, context = layer.apply(p, x, True, draw)",
+        "x, context = layer.apply(p, x, False, draw)",
         "Model.train runs its forward pass without training=True (Dropout never acts)",
         LOOP,
     ),
@@ -121,15 +121,15 @@ MUTATIONS = [
     Mutation(
         "relu-derivative-at-zero",
         "portnn/activations.py",
-        "xp.astype(self.inputs > 0, dvalues.dtype)",
-        "xp.astype(self.inputs >= 0, dvalues.dtype)",
+        "xp.astype(context > 0, dvalues.dtype)",
+        "xp.astype(context >= 0, dvalues.dtype)",
         "ReLU's backward passes dvalues at exactly 0 (the book zeroes where x <= 0)",
     ),
     Mutation(
         "leaky-relu-derivative-at-zero",
         "portnn/activations.py",
-        "xp.where(self.inputs > 0, dvalues, self.alpha * dvalues)",
-        "xp.where(self.inputs >= 0, dvalues, self.alpha * dvalues)",
+        "xp.where(context > 0, dvalues, self.alpha * dvalues)",
+        "xp.where(context >= 0, dvalues, self.alpha * dvalues)",
         "LeakyReLU's backward takes the slope 1 at exactly 0",
     ),
     Mutation(
@@ -142,8 +142,8 @@ MUTATIONS = [
     Mutation(
         "sigmoid-backward-sign",
         "portnn/activations.py",
-        "dvalues * (1 - self.output) * self.output",
-        "dvalues * (self.output - 1) * self.output",
+        "dvalues * (1 - context) * context",
+        "dvalues * (context - 1) * context",
         "Sigmoid's backward has its sign flipped",
     ),
     # --- metrics ------------------------------------------------------------------------
@@ -187,8 +187,8 @@ MUTATIONS = [
     Mutation(
         "l2-gradient-sign",
         "portnn/layers.py",
-        "dweights = dweights + 2 * self.weight_regularizer_l2 * self.weights",
-        "dweights = dweights - 2 * self.weight_regularizer_l2 * self.weights",
+        "dweights = dweights + 2 * self.weight_regularizer_l2 * weights",
+        "dweights = dweights - 2 * self.weight_regularizer_l2 * weights",
         "the L2 weight penalty's gradient pushes weights away from 0",
     ),
     Mutation(
@@ -201,9 +201,8 @@ MUTATIONS = [
     Mutation(
         "dropout-keeps-its-first-mask",
         "portnn/layers.py",
-        "draw = random.uniform(tuple(inputs.shape), backend_of(inputs))",
-        'draw = self.__dict__.setdefault("_draw", '
-        "random.uniform(tuple(inputs.shape), backend_of(inputs)))",
+        "draw = random.uniform(shape, backend_of(inputs))",
+        'draw = self.__dict__.setdefault("_draw", random.uniform(shape, backend_of(inputs)))',
         "Dropout draws one mask and reuses it on every later batch",
     ),
     Mutation(
@@ -233,8 +232,8 @@ MUTATIONS = [
     Mutation(
         "sgd-momentum-sign",
         "portnn/optimizers.py",
-        "m = self.momentum * state.momentum - self.current_learning_rate * grad",
-        "m = -self.momentum * state.momentum - self.current_learning_rate * grad",
+        "m = self.momentum * state.momentum - lr * grad",
+        "m = -self.momentum * state.momentum - lr * grad",
         "SGD momentum subtracts the previous update instead of keeping it",
     ),
     Mutation(
@@ -243,6 +242,23 @@ MUTATIONS = [
         "learning_rate / (1.0 + self.decay * iterations)",
         "learning_rate / (1.0 + self.decay * (iterations + 1))",
         "learning-rate decay counts one step too many",
+    ),
+    # --- the training step (portnn.step) ------------------------------------------------
+    Mutation(
+        "compiled-step-kept-after-a-setting-changes",
+        "portnn/training.py",
+        'repr([(p.get_config(), getattr(p, "compute_dinputs", None)) for p in parts]),',
+        '"",',
+        "train() reuses a compiled step after Dropout's rate changed (a traced constant)",
+        ("tests/test_step.py",),
+    ),
+    Mutation(
+        "compiled-step-takes-python-floats",
+        "portnn/step.py",
+        "        if not self.compiled:\n            return values",
+        "        if True:\n            return values",
+        "a compiled step takes its learning rate as a Python float (a compiler would freeze it)",
+        ("tests/test_step.py",),
     ),
     # --- callbacks (Keras' counting, path templates) -------------------------------------
     Mutation(
