@@ -3,7 +3,7 @@
 nox                        # numpy, array_api_strict, cupy (skips without a GPU), distributed,
                            # lint, docs
 nox -s "tests(torch)"      # PyTorch, on request (a large install)
-nox -s "tests(jax)"        # JAX, on request (eager: about 11 minutes)
+nox -s "tests(jax)"        # JAX, on request (about 10 minutes)
 nox -s distributed         # data-parallel over MPI: mpiexec -n 2 and 3 against one process
 nox -s bench -- --quick    # the side-by-side training benchmark
 """
@@ -17,7 +17,7 @@ import nox
 
 ROOT = Path(__file__).parent
 BACKENDS = sorted(p.stem for p in (ROOT / "backends").glob("*.txt"))
-ON_REQUEST = {"torch", "jax"}  # large installs, slow (jax, eager): nox -s "tests(jax)"
+ON_REQUEST = {"torch", "jax"}  # large installs, slower suites: nox -s "tests(jax)"
 
 nox.options.sessions = [f"tests({b})" for b in BACKENDS if b not in ON_REQUEST]
 nox.options.sessions += ["distributed", "lint", "docs"]
