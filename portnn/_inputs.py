@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._xp import all_finite, is_kind
-from .layers import shape_text
 
 if TYPE_CHECKING:
     from .model import Model
@@ -51,17 +50,20 @@ def _check_shape(shape: tuple[int | None, ...] | None, found: tuple[int, ...]) -
                 f"X has {found[1]} features per sample but the first layer takes {shape[1]}"
             )
         return
-    wanted = shape_text(shape).replace("batch", "samples")
+    names = (
+        ("samples", "channels", "height", "width")
+        if rank == 4
+        else ("samples",) + ("any",) * (rank - 1)
+    )
+    sizes = [name if n is None else str(n) for name, n in zip(names, shape, strict=True)]
+    wanted = f"({', '.join(sizes)})"
+    hint = ""
     if rank == 4:
-        names = ("channels", "height", "width")
-        c, h, w = (name if n is None else n for name, n in zip(names, shape[1:], strict=True))
         hint = (
             f"; the model takes NCHW images (samples, channels, height, width): reshape flat "
-            f"ones with X.reshape(len(X), {c}, {h}, {w}), convert NHWC ones with "
+            f"ones with X.reshape(len(X), {', '.join(sizes[1:])}), convert NHWC ones with "
             "X.transpose(0, 3, 1, 2)"
         )
-    else:
-        hint = ""
     if len(found) != rank or any(
         n is not None and n != m for n, m in zip(shape, found, strict=True)
     ):
