@@ -677,3 +677,24 @@ def test_a_file_without_batch_counters_loads_and_a_bad_counter_is_refused(tmp_pa
         with pytest.raises(ModelFileError, match="a batch counter is an integer"):
             interop.load_safetensors(tmp_path / "b.safetensors", model)
         np.testing.assert_array_equal(host(model.layers[0].weights), before)
+
+
+def test_a_compiled_step_trains_a_cnn_as_the_eager_one(backend_name):
+    # The layers' apply/vjp are pure (no attribute writes, no host reads): jax.jit takes them,
+    # running statistics included, and gives the eager trajectory to float tolerance.
+    if backend_name == "torch":
+        pytest.skip(
+            "torch.compile of a whole CNN step takes minutes on a CPU; eager is the default"
+        )
+    X, y = bars(48)
+    runs = []
+    for compile in (False, True):
+        with pn.use_backend(backend_name, dtype="float64"):
+            pn.seed(3)
+            model = small_cnn()
+            model.train(X, y, epochs=2, batch_size=20, print_every=0, compile=compile)
+            runs.append({k: host(v) for k, v in model.state_dict().items() if k.startswith("l")})
+    assert runs[0].keys() == runs[1].keys()
+    for key, value in runs[0].items():  # (the conv biases before BN get only rounding noise)
+        np.testing.assert_allclose(runs[1][key], value, rtol=1e-9, atol=1e-10, err_msg=key)
+    assert not np.allclose(runs[0]["layers/2/running_mean"], 0.0)
