@@ -114,46 +114,39 @@ def _shifts(x: Any, kernel: Pair, stride: Pair, out: Pair, axes: Pair) -> Iterat
 
 
 def _windows(x: Any, kernel: Pair, stride: Pair, out: Pair, axes: Pair) -> Any:
-    """im2col: ``x``'s windows with their ``kh*kw`` entries on a new last axis (the windows'
-    positions ``out`` on ``axes``). Windows that tile ``x`` are one reshape."""
-    xp = array_namespace(x)
-    if kernel != stride:
-        return xp.stack(list(_shifts(x, kernel, stride, out, axes)), axis=-1)
-    a, b = axes
-    index = [slice(None)] * x.ndim
-    index[a], index[b] = slice(0, out[0] * kernel[0]), slice(0, out[1] * kernel[1])
-    shape = list(x.shape)
-    shape[a : b + 1] = [out[0], kernel[0], *shape[a + 1 : b], out[1], kernel[1]]
-    tiles = xp.reshape(x[tuple(index)], tuple(shape))  # (.., ho, kh, .., wo, kw, ..)
-    order = [n for n in range(len(shape)) if n not in (a + 1, b + 2)] + [a + 1, b + 2]
-    tiles = xp.permute_dims(tiles, tuple(order))
-    return xp.reshape(tiles, tuple(tiles.shape[:-2]) + (kernel[0] * kernel[1],))
+    """im2col: ``x``'s windows, their ``kh*kw`` entries on a new last axis (row-major), the
+    windows' positions ``out`` on ``axes``."""
+    return array_namespace(x).stack(list(_shifts(x, kernel, stride, out, axes)), axis=-1)
 
 
-def _fold(d: Any, size: Pair, kernel: Pair, stride: Pair, axes: Pair) -> Any:
-    """col2im, the transpose of ``_windows``: ``d`` holds a value per window position (on
-    ``axes``) and kernel offset (its last two axes, ``kh, kw``); each is added back where it
-    came from, in an array of ``size`` on ``axes`` (overlapping windows sum)."""
-    xp = array_namespace(d)
-    a, b = axes
-    out = (d.shape[a], d.shape[b])
-    if kernel == stride:  # windows tile: put each offset back beside its position
-        k = d.ndim - 2
-        order = []
-        for n in range(k):
-            order += [n] + ([k] if n == a else []) + ([k + 1] if n == b else [])
-        shape = list(d.shape[:k])
-        shape[a], shape[b] = out[0] * kernel[0], out[1] * kernel[1]
-        tiled = xp.reshape(xp.permute_dims(d, tuple(order)), tuple(shape))
+def _fold(terms: list[Any], size: Pair, kernel: Pair, stride: Pair, axes: Pair) -> Any:
+    """col2im, the transpose of ``_shifts``: ``terms[i * kw + j]`` holds, at each window
+    position (on ``axes``), a value for kernel offset ``(i, j)``; each is added back where it
+    came from, in an array of ``size`` on ``axes`` (where windows overlap, they sum)."""
+    xp = array_namespace(terms[0])
+    (a, b), (kh, kw) = axes, kernel
+    if kernel == stride:  # windows tile: interleave the offsets, no sums
+        rows = []
+        for i in range(kh):
+            row = xp.stack(terms[i * kw : (i + 1) * kw], axis=b + 1)  # (.., wo, kw, ..)
+            shape = list(row.shape)
+            shape[b : b + 2] = [shape[b] * kw]
+            rows.append(xp.reshape(row, tuple(shape)))
+        tiled = xp.stack(rows, axis=a + 1)  # (.., ho, kh, .., wo * kw, ..)
+        shape = list(tiled.shape)
+        shape[a : a + 2] = [shape[a] * kh]
+        tiled = xp.reshape(tiled, tuple(shape))
         return _pad(tiled, ((0, size[0] - shape[a]), (0, size[1] - shape[b])), axes)
-    d = _dilate(_dilate(d, stride[0], a), stride[1], b)
-    span = d.shape[a], d.shape[b]
     total = None
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            pads = ((i, size[0] - i - span[0]), (j, size[1] - j - span[1]))
-            term = _pad(d[..., i, j], pads, axes)
-            total = term if total is None else total + term
+    for i in range(kh):  # each row of offsets summed in its own shift first: fewer full copies
+        row = None
+        for j in range(kw):
+            term = _dilate(terms[i * kw + j], stride[1], b)
+            term = _pad(term, ((0, 0), (j, size[1] - j - term.shape[b])), axes)
+            row = term if row is None else row + term
+        row = _dilate(row, stride[0], a)
+        row = _pad(row, ((i, size[0] - i - row.shape[a]), (0, 0)), axes)
+        total = row if total is None else total + row
     return total
 
 
@@ -328,7 +321,10 @@ class Conv2D(Layer):
             d @ xp.reshape(weights, (self.out_channels, -1)),
             (n, ho, wo, shape[1], *self.kernel_size),
         )
-        dx = _fold(dcols, size, self.kernel_size, self.stride, (1, 2))  # (n, h, w, c) padded
+        terms = [
+            dcols[..., i, j] for i in range(self.kernel_size[0]) for j in range(self.kernel_size[1])
+        ]
+        dx = _fold(terms, size, self.kernel_size, self.stride, (1, 2))  # (n, h, w, c) padded
         dx = dx[:, top : top + shape[2], left : left + shape[3], :]
         return xp.permute_dims(dx, NCHW), grads
 
@@ -404,15 +400,16 @@ class _Pool2D(Layer):
         _image_shape(self, tuple(input_shape), None)
         return (*input_shape[:2], *self._out(input_shape[2], input_shape[3]))
 
-    def _windows(self, inputs: Any) -> Any:
+    def _views(self, inputs: Any) -> list[Any]:
+        """The ``kh*kw`` strided views of ``inputs`` a window's offsets see (row-major), each
+        ``(n, c, out_height, out_width)``: pooling is elementwise over them, no im2col copy."""
         shape = tuple(inputs.shape)
         _image_shape(self, shape, None)
         out = self._out(shape[2], shape[3])
-        return _windows(inputs, self.pool_size, self.stride, out, (2, 3))  # (n, c, ho, wo, K)
+        return list(_shifts(inputs, self.pool_size, self.stride, out, (2, 3)))
 
-    def _fold(self, d: Any, shape: tuple) -> Any:
-        d = array_namespace(d).reshape(d, (*d.shape[:4], *self.pool_size))
-        return _fold(d, (shape[2], shape[3]), self.pool_size, self.stride, (2, 3))
+    def _fold(self, terms: list[Any], shape: tuple) -> Any:
+        return _fold(terms, (shape[2], shape[3]), self.pool_size, self.stride, (2, 3))
 
     def get_config(self) -> dict:
         stride = None if self.stride == self.pool_size else _config(self.stride)
@@ -425,16 +422,21 @@ class MaxPool2D(_Pool2D):
 
     def apply(self, params, inputs, training=False, key=None):
         xp = array_namespace(inputs)
-        windows = self._windows(inputs)
-        return xp.max(windows, axis=-1), (xp.argmax(windows, axis=-1), tuple(inputs.shape))
+        views = self._views(inputs)
+        out = views[0]
+        for view in views[1:]:
+            out = xp.maximum(out, view)
+        return out, (inputs, out)
 
     def vjp(self, params, context, dvalues):
-        first, shape = context
+        inputs, out = context
         xp = array_namespace(dvalues)
-        k = self.pool_size[0] * self.pool_size[1]
-        offsets = xp.arange(k, dtype=first.dtype, device=device(first))
-        mask = xp.astype(first[..., None] == offsets, dvalues.dtype)
-        return self._fold(mask * dvalues[..., None], shape), {}
+        left, terms = dvalues, []  # the gradient not yet given to an earlier maximum
+        for view in self._views(inputs):
+            given = left * xp.astype(view == out, dvalues.dtype)
+            left = left - given
+            terms.append(given)
+        return self._fold(terms, tuple(inputs.shape)), {}
 
 
 class AveragePool2D(_Pool2D):
@@ -442,14 +444,15 @@ class AveragePool2D(_Pool2D):
     evenly over it (torch's ``avg_pool2d`` without padding)."""
 
     def apply(self, params, inputs, training=False, key=None):
-        xp = array_namespace(inputs)
-        return xp.mean(self._windows(inputs), axis=-1), tuple(inputs.shape)
+        views = self._views(inputs)
+        total = views[0]
+        for view in views[1:]:
+            total = total + view
+        return total / len(views), tuple(inputs.shape)
 
     def vjp(self, params, context, dvalues):
-        xp = array_namespace(dvalues)
-        k = self.pool_size[0] * self.pool_size[1]
-        spread = xp.broadcast_to(dvalues[..., None] / k, (*dvalues.shape, k))
-        return self._fold(spread, context), {}
+        share = dvalues / (self.pool_size[0] * self.pool_size[1])
+        return self._fold([share] * (self.pool_size[0] * self.pool_size[1]), context), {}
 
 
 class Flatten(Layer):
