@@ -2,8 +2,8 @@
 gives and ``save``, checkpoints, the divergence snapshot and interop are made of:
 ``layers/<i>/<name>`` for each parameter and each layer's state (``state_names``; ``i``
 indexes ``model.layers``) and, with an optimizer, ``optimizer/iterations``,
-``optimizer/current_learning_rate`` and ``optimizer/<i>/<name>/<field>``. What comes in is checked whole before anything is set,
-so a bad dict changes nothing.
+``optimizer/current_learning_rate`` and ``optimizer/<i>/<name>/<field>``. What comes in is
+checked whole before anything is set, so a bad dict changes nothing.
 """
 
 from __future__ import annotations
