@@ -78,3 +78,12 @@ def test_the_compile_snippet_trains_through_jax_jit(tmp_path):
     flag, accuracy = out.splitlines()[-1].split()
     assert flag == "True", out
     assert float(accuracy) > 0.8, out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="digits need sklearn")
+def test_the_cnn_snippet_reaches_98_percent_on_digits(tmp_path):
+    (cnn,) = snippets("Convolutional networks")
+    out = run(cnn, tmp_path)
+    assert "(batch, 16, 4, 4)" in out, out  # the summary's shapes, from Input(shape=...)
+    accuracy = float(out.splitlines()[-1].split()[-1])
+    assert accuracy >= 0.98, out
