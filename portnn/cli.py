@@ -78,6 +78,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             _npz.checked_name(args.save, "--save")
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if args.model == "cnn" and recipe.image_shape is None:
+        images = ", ".join(n for n, r in recipes.RECIPES.items() if r.image_shape is not None)
+        raise UsageError(f"--model cnn needs a dataset of images ({images}), not {args.dataset}")
     check_output(args.plot, "--plot", figure=True)
     check_output(args.plot_regions, "--plot-regions", figure=True)
     if args.plot_regions and args.dataset not in ("spiral", "vertical", "sine"):
@@ -93,13 +96,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     X, y, X_test, y_test = _load_data(args)
     network = {option: getattr(args, option) for option in _NETWORK}
     model = recipes.build_for_command(
-        args.dataset, X.shape[1], args.resume, backend=args.backend, **network
+        args.dataset,
+        X.shape[1],
+        args.resume,
+        backend=args.backend,
+        cnn=args.model == "cnn",
+        **network,
     )
+    features = X.shape[1]
+    X, X_test = recipes.shaped(model, X), recipes.shaped(model, X_test)  # images for a CNN
     backend, steps = model.backend, model.optimizer.iterations
     batches = "full batch" if batch_size is None else f"batches of {batch_size}"
     say(f"portnn {pn.__version__}: {args.dataset}, {recipe.about}")
     tests = f", {len(X_test)} test samples" if X_test is not None else ""
-    say(f"data: {len(X)} training samples{tests}, {X.shape[1]} features")
+    say(f"data: {len(X)} training samples{tests}, {features} features")
     done, resumed = 0, ""
     if args.resume:
         # The epochs go on from the saved run's: as this command recorded them, else (a file
@@ -172,11 +182,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model.set(loss=recipes.get(args.dataset).loss())
     pn.seed(args.seed)
     X, y, X_test, y_test = _load_data(args)
-    if model.n_inputs is not None and model.n_inputs != X.shape[1]:
+    takes = recipes.features(model)
+    if takes is not None and takes != X.shape[1]:
         raise ValueError(
-            f"the model takes {model.n_inputs} inputs but {args.dataset} has "
+            f"the model takes {takes} inputs but {args.dataset} has "
             f"{X.shape[1]} features per sample; was it trained on another dataset?"
         )
+    X, X_test = recipes.shaped(model, X), recipes.shaped(model, X_test)
     label, X, y = ("data", X, y) if X_test is None else ("test", X_test, y_test)
     print(f"model: {args.model}, {recipes.describe(model)}, on {model.backend.name}")
     loss, accuracy = model.evaluate(X, y, batch_size=args.batch_size)
@@ -188,11 +200,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     names = datasets.FASHION_MNIST_CLASSES
     model = inference.load_model(args.model, args.backend)
     image = datasets.fashion_mnist_image(args.image, invert=not args.no_invert)
-    if model.n_inputs is not None and model.n_inputs != image.shape[1]:
+    takes = recipes.features(model)
+    if takes is not None and takes != image.shape[1]:
         raise ValueError(
-            f"the model takes {model.n_inputs} inputs, but predict feeds it a 28x28 image "
+            f"the model takes {takes} inputs, but predict feeds it a 28x28 image "
             "(784 inputs), as for the book's Fashion-MNIST model"
         )
+    image = recipes.shaped(model, image)
     outputs, cls, confidence = inference.classify(model, image)
     if cls is None:  # no classes: regression outputs
         print("outputs: " + ", ".join(f"{v:.3g}" for v in outputs))
@@ -308,6 +322,13 @@ def _parser() -> argparse.ArgumentParser:
     arg("--hidden", type=positive, metavar="WIDTH", help="width of the hidden layers")
     arg("--layers", type=positive, metavar="N", help="number of hidden layers")
     arg("--optimizer", choices=tuple(recipes.OPTIMIZERS), help="the optimizer (default adam)")
+    arg(
+        "--model",
+        choices=("mlp", "cnn"),
+        default="mlp",
+        help="the book's dense network (mlp, default) or a convolutional one for images (cnn: "
+        "fashion-mnist, digits)",
+    )
     arg("--resume", metavar="MODEL", help="continue a saved run (its network and optimizer)")
     arg(
         "--print-every",

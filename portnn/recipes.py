@@ -26,11 +26,13 @@ from typing import Any
 
 from ._checks import integer
 from .activations import Linear, ReLU, Softmax
+from .conv import Conv2D, Flatten, MaxPool2D
 from .inference import load_model
-from .layers import Dense, Layer
+from .layers import Dense, Input, Layer
 from .losses import CategoricalCrossentropy, Loss, MeanSquaredError
 from .metrics import Accuracy, CategoricalAccuracy, RegressionAccuracy
 from .model import Model
+from .normalization import BatchNormalization
 from .optimizers import SGD, Adagrad, Adam, RMSprop
 
 OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam}
@@ -43,8 +45,10 @@ __all__ = [
     "build_for_command",
     "describe",
     "epochs_done",
+    "features",
     "get",
     "resume",
+    "shaped",
 ]
 
 
@@ -59,6 +63,10 @@ class Recipe:
     trains on the whole data per step; ``validate`` evaluates the test split every epoch
     (else only at the end). ``threads`` is the thread count ``portnn train`` and ``portnn
     evaluate`` use without ``--threads`` (None: the libraries' own).
+
+    A dataset of images also has a convolutional network (``portnn train --model cnn``):
+    ``image_shape`` is one image's ``(channels, height, width)`` and ``cnn_channels`` the
+    widths of its convolution blocks (``build_cnn``).
     """
 
     about: str
@@ -74,6 +82,8 @@ class Recipe:
     weight_scale: float = 0.01
     validate: bool = False
     threads: int | None = None
+    image_shape: tuple[int, int, int] | None = None
+    cnn_channels: tuple[int, ...] = ()
 
     @property
     def settings(self) -> str:
@@ -155,6 +165,33 @@ class Recipe:
         )
         return model
 
+    def build_cnn(self, *, learning_rate: float | None = None, optimizer: str = "adam") -> Model:
+        """The recipe's convolutional network for its images: per width of ``cnn_channels``
+        a block of Conv2D (3x3, "same", He), BatchNormalization, ReLU and MaxPool2D(2); then
+        Flatten, Dense(``hidden``) with ReLU, and the Softmax output, starting from
+        ``Input(shape=image_shape)``; the recipe's loss, optimizer and accuracy."""
+        if self.image_shape is None:
+            raise ValueError(f"{self.about}: not images, so there is no convolutional network")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        channels, height, width = self.image_shape
+        layers: list[Layer] = [Input(shape=self.image_shape)]
+        for out in self.cnn_channels:
+            layers += [Conv2D(channels, out, 3, padding="same", weight_init="he")]
+            layers += [BatchNormalization(out), ReLU(), MaxPool2D(2)]
+            channels, height, width = out, height // 2, width // 2
+        flat = channels * height * width
+        layers += [Flatten(), Dense(flat, self.hidden, weight_init="he"), ReLU()]
+        layers += [Dense(self.hidden, self.n_outputs), Softmax()]
+        lr = self.learning_rate if learning_rate is None else learning_rate
+        model = Model(layers)
+        model.set(
+            loss=self.loss(),
+            optimizer=OPTIMIZERS[optimizer](learning_rate=lr, decay=self.decay),
+            accuracy=self.accuracy(),
+        )
+        return model
+
 
 # One thread for the small networks: their matrix products (about a thousand rows by 64 to 128
 # columns at most, with the default hidden width) are too small for a second thread to pay for,
@@ -205,6 +242,8 @@ RECIPES: dict[str, Recipe] = {
         hidden=128,
         hidden_layers=2,
         validate=True,
+        image_shape=(1, 28, 28),
+        cnn_channels=(32, 64),
     ),
     "digits": Recipe(
         "scikit-learn's 8x8 digits with the chapter 19 network, Adam(decay 1e-3)",
@@ -219,6 +258,8 @@ RECIPES: dict[str, Recipe] = {
         hidden_layers=1,
         validate=True,
         threads=1,
+        image_shape=(1, 8, 8),
+        cnn_channels=(16,),
     ),
 }
 
@@ -282,8 +323,8 @@ def resume(
             f"{path} was trained on {trained_on}, not {data}: resume it with "
             f"portnn train {trained_on} --resume {path}, or train {data} afresh"
         )
-    if model.n_inputs != n_inputs:
-        raise ValueError(f"{path} takes {model.n_inputs} features, but {data} has {n_inputs}")
+    if features(model) != n_inputs:
+        raise ValueError(f"{path} takes {features(model)} features, but {data} has {n_inputs}")
     kind = {True: "a regression", False: "a classification"}
     saved = None if model.accuracy is None else isinstance(model.accuracy, RegressionAccuracy)
     if regression is not None and saved is not None and saved != regression:
@@ -300,6 +341,26 @@ def resume(
     return model
 
 
+def features(model: Model) -> int | None:
+    """The values one sample has for ``model``: its ``n_inputs``, or for images the product of
+    its ``Input(shape=...)`` (a flattened image, as the datasets give it)."""
+    shape = model.input_shape
+    if shape is None or any(n is None for n in shape[1:]):
+        return model.n_inputs
+    return math.prod(shape[1:])
+
+
+def shaped(model: Model, X: Any) -> Any:
+    """``X`` (NumPy, a sample a row) as ``model`` takes it: flattened images reshaped to its
+    ``Input(shape=...)``; anything else as it is."""
+    shape = model.input_shape
+    if shape is None or len(shape) <= 2 or X is None or X.ndim != 2:
+        return X
+    if features(model) != X.shape[1]:
+        return X  # the model's own check names the mismatch
+    return X.reshape(X.shape[0], *shape[1:])
+
+
 def epochs_done(steps: int, n_samples: int, batch_size: int | None) -> int | None:
     """The epochs a saved run trained, from its optimizer's ``steps``, if they make whole
     passes over ``n_samples`` in batches of ``batch_size`` (None: one step per epoch), as a
@@ -314,6 +375,7 @@ def build_for_command(
     saved: str | os.PathLike[str] | None = None,
     *,
     backend: str | None = None,
+    cnn: bool = False,
     **network: Any,
 ) -> Model:
     """The model ``portnn train`` trains on the dataset ``name`` (``n_inputs`` features):
@@ -322,6 +384,12 @@ def build_for_command(
     optimizer go on if they fit the recipe's outputs and kind of task, so that none of
     ``network`` (the options ``--hidden``...) may be given."""
     given = {option: value for option, value in network.items() if value is not None}
+    if saved is None and cnn:
+        shapes = {k: given.pop(k) for k in ("hidden", "layers") if k in given}
+        if shapes:
+            options = ", ".join(f"--{option}" for option in shapes)
+            raise ValueError(f"--model cnn has its own layers; drop {options}")
+        return get(name).build_cnn(**given)
     if saved is None:
         return get(name).build(n_inputs, **given)
     if given:
