@@ -27,6 +27,10 @@ RUNS = {
         ["--synthetic", "--samples", "600"],
         ["epoch: 3, acc: ", "test (100 images), acc: "],
     ),
+    "cnn_fashion_mnist.py": (
+        ["--synthetic", "--samples", "300"],
+        ["epoch: 3, acc: ", "test (50 images), acc: "],
+    ),
 }
 
 
