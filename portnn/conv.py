@@ -6,7 +6,8 @@ NHWC data (Keras', TensorFlow's) converts with ``X.transpose(0, 3, 1, 2)``. The 
 portable Array API code, with no in-place writes (so JAX runs it too): a convolution gathers
 its ``kh*kw`` shifted, strided views of the padded input into one matrix (im2col, by slicing
 and one ``stack``) and takes one matmul; the backward pass folds the columns' gradients back
-(col2im) as a sum of zero-padded shifts. im2col holds ``kh*kw`` copies of the input: for a
+(col2im) as a sum of zero-padded shifts (``portnn._im2col``); pooling is elementwise over
+the windows' strided views, with no copy. im2col holds ``kh*kw`` copies of the input: for a
 batch of 128 28x28 images of 32 channels and a 3x3 kernel, 128*28*28*32*9 floats, 116 MB
 in float32 (the same again for its gradient).
 """
@@ -14,22 +15,16 @@ in float32 (the same again for its gradient).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
-
-from array_api_compat import device
 
 from . import random
 from ._checks import integer, real
+from ._im2col import NCHW, NHWC, Pair, fold, pad, shifts, windows
 from ._xp import array_namespace, sign_nonneg
 from .backend import Backend, get_backend
 from .layers import INITS, Layer, shape_text
 
 __all__ = ["AveragePool2D", "Conv2D", "Flatten", "MaxPool2D"]
-
-Pair = tuple[int, int]
-NHWC = (0, 2, 3, 1)  # NCHW -> NHWC
-NCHW = (0, 3, 1, 2)  # NHWC -> NCHW
 
 
 # --- sizes ----------------------------------------------------------------------------------
@@ -68,86 +63,6 @@ def _image_shape(layer: Layer, shape: tuple, channels: int | None) -> None:
             f"{layer!r} takes images of {channels} channels, not {shape[1]} "
             f"(inputs {shape_text(shape)}); build it with in_channels={shape[1]}"
         )
-
-
-# --- portable im2col and col2im -------------------------------------------------------------
-def _zeros(x: Any, axis: int, n: int) -> Any:
-    shape = list(x.shape)
-    shape[axis] = n
-    return array_namespace(x).zeros(tuple(shape), dtype=x.dtype, device=device(x))
-
-
-def _pad(x: Any, pads: tuple[Pair, Pair], axes: Pair) -> Any:
-    """``x`` with ``(before, after)`` zeros on each of ``axes``, by concatenation."""
-    xp = array_namespace(x)
-    for (before, after), axis in zip(pads, axes, strict=True):
-        if before or after:
-            parts = [_zeros(x, axis, before)] if before else []
-            parts += [x] + ([_zeros(x, axis, after)] if after else [])
-            x = xp.concat(parts, axis=axis)
-    return x
-
-
-def _dilate(x: Any, stride: int, axis: int) -> Any:
-    """``stride - 1`` zeros between the entries of ``x`` along ``axis``."""
-    if stride == 1:
-        return x
-    xp = array_namespace(x)
-    n = x.shape[axis]
-    spread = xp.stack([x] + [xp.zeros_like(x)] * (stride - 1), axis=axis + 1)
-    shape = list(x.shape)
-    shape[axis] = n * stride
-    index = [slice(None)] * x.ndim
-    index[axis] = slice(0, (n - 1) * stride + 1)
-    return xp.reshape(spread, tuple(shape))[tuple(index)]
-
-
-def _shifts(x: Any, kernel: Pair, stride: Pair, out: Pair, axes: Pair) -> Iterator[Any]:
-    """The ``kh*kw`` strided views of ``x`` the kernel's offsets see, row-major: view ``(i,
-    j)`` holds ``x[.., i + stride*p, .., j + stride*q, ..]`` at ``(p, q)`` on ``axes``."""
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            index = [slice(None)] * x.ndim
-            index[axes[0]] = slice(i, i + stride[0] * (out[0] - 1) + 1, stride[0])
-            index[axes[1]] = slice(j, j + stride[1] * (out[1] - 1) + 1, stride[1])
-            yield x[tuple(index)]
-
-
-def _windows(x: Any, kernel: Pair, stride: Pair, out: Pair, axes: Pair) -> Any:
-    """im2col: ``x``'s windows, their ``kh*kw`` entries on a new last axis (row-major), the
-    windows' positions ``out`` on ``axes``."""
-    return array_namespace(x).stack(list(_shifts(x, kernel, stride, out, axes)), axis=-1)
-
-
-def _fold(terms: list[Any], size: Pair, kernel: Pair, stride: Pair, axes: Pair) -> Any:
-    """col2im, the transpose of ``_shifts``: ``terms[i * kw + j]`` holds, at each window
-    position (on ``axes``), a value for kernel offset ``(i, j)``; each is added back where it
-    came from, in an array of ``size`` on ``axes`` (where windows overlap, they sum)."""
-    xp = array_namespace(terms[0])
-    (a, b), (kh, kw) = axes, kernel
-    if kernel == stride:  # windows tile: interleave the offsets, no sums
-        rows = []
-        for i in range(kh):
-            row = xp.stack(terms[i * kw : (i + 1) * kw], axis=b + 1)  # (.., wo, kw, ..)
-            shape = list(row.shape)
-            shape[b : b + 2] = [shape[b] * kw]
-            rows.append(xp.reshape(row, tuple(shape)))
-        tiled = xp.stack(rows, axis=a + 1)  # (.., ho, kh, .., wo * kw, ..)
-        shape = list(tiled.shape)
-        shape[a : a + 2] = [shape[a] * kh]
-        tiled = xp.reshape(tiled, tuple(shape))
-        return _pad(tiled, ((0, size[0] - shape[a]), (0, size[1] - shape[b])), axes)
-    total = None
-    for i in range(kh):  # each row of offsets summed in its own shift first: fewer full copies
-        row = None
-        for j in range(kw):
-            term = _dilate(terms[i * kw + j], stride[1], b)
-            term = _pad(term, ((0, 0), (j, size[1] - j - term.shape[b])), axes)
-            row = term if row is None else row + term
-        row = _dilate(row, stride[0], a)
-        row = _pad(row, ((i, size[0] - i - row.shape[a]), (0, 0)), axes)
-        total = row if total is None else total + row
-    return total
 
 
 # --- layers ---------------------------------------------------------------------------------
@@ -289,8 +204,8 @@ class Conv2D(Layer):
         n, c, _, _ = shape
         ho, wo = self._out(shape[2], shape[3])
         xp = array_namespace(inputs)
-        x = _pad(xp.permute_dims(inputs, NHWC), self._padding(), (1, 2))
-        cols = _windows(x, self.kernel_size, self.stride, (ho, wo), (1, 2))  # (n, ho, wo, c, K)
+        x = pad(xp.permute_dims(inputs, NHWC), self._padding(), (1, 2))
+        cols = windows(x, self.kernel_size, self.stride, (ho, wo), (1, 2))  # (n, ho, wo, c, K)
         cols = xp.reshape(cols, (n * ho * wo, -1))
         weights = xp.reshape(params["weights"], (self.out_channels, -1))
         out = xp.reshape(cols @ weights.T + params["biases"], (n, ho, wo, self.out_channels))
@@ -324,7 +239,7 @@ class Conv2D(Layer):
         terms = [
             dcols[..., i, j] for i in range(self.kernel_size[0]) for j in range(self.kernel_size[1])
         ]
-        dx = _fold(terms, size, self.kernel_size, self.stride, (1, 2))  # (n, h, w, c) padded
+        dx = fold(terms, size, self.kernel_size, self.stride, (1, 2))  # (n, h, w, c) padded
         dx = dx[:, top : top + shape[2], left : left + shape[3], :]
         return xp.permute_dims(dx, NCHW), grads
 
@@ -406,10 +321,10 @@ class _Pool2D(Layer):
         shape = tuple(inputs.shape)
         _image_shape(self, shape, None)
         out = self._out(shape[2], shape[3])
-        return list(_shifts(inputs, self.pool_size, self.stride, out, (2, 3)))
+        return list(shifts(inputs, self.pool_size, self.stride, out, (2, 3)))
 
     def _fold(self, terms: list[Any], shape: tuple) -> Any:
-        return _fold(terms, (shape[2], shape[3]), self.pool_size, self.stride, (2, 3))
+        return fold(terms, (shape[2], shape[3]), self.pool_size, self.stride, (2, 3))
 
     def get_config(self) -> dict:
         stride = None if self.stride == self.pool_size else _config(self.stride)
