@@ -6,18 +6,40 @@ The network is ``portnn train fashion-mnist --model cnn``'s: Conv2D(1, 32, 3, sa
 BatchNormalization, ReLU, MaxPool2D(2), Conv2D(32, 64, 3, same), BatchNormalization, ReLU,
 MaxPool2D(2), Flatten, Dense(3136, 128), ReLU, Dense(128, 10), Softmax; Adam(0.001), batch 128,
 float32, on synthetic images of the real shape (timing does not depend on the pixels). The
-median of ``--epochs`` epochs after one warm-up, contestants alternated round-robin.
+median of ``--epochs`` epochs after one warm-up, contestants alternated round-robin; each ratio
+is also given as the median of the per-round ratios (both epochs of a pair timed in the same
+round, so a load that comes and goes moves both alike).
 
-    python benchmarks/bench_cnn.py [--samples 6000] [--epochs 3] [--quick]
+Two more measurements (NumPy, one batch of 128), skipped with ``--no-memory``/``--no-profile``:
+
+- memory: tracemalloc's peak (it sees NumPy's buffers) over one Conv2D forward and backward
+  on the recipe's second convolution's input (128x32x14x14), for kernels 1x1 to 7x7: im2col
+  holds ``kh*kw`` copies of the input, so the peak grows with the kernel's area; and the peak
+  of one whole training step of the model.
+- profile: each layer's forward and backward time, and the second convolution's im2col,
+  matrix products and col2im alone, beside ``torch.nn.functional.conv2d``'s forward and
+  backward on the same input: where an epoch's time goes.
+
+``--json PATH`` writes the machine, the arguments and every figure, as bench_train.py does
+(benchmarks/results/ keeps runs).
+
+    python benchmarks/bench_cnn.py [--samples 6000] [--epochs 3] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import sys
 import time
+import tracemalloc
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train import load_average, machine_info  # noqa: E402  (the same machine record)
 
 BATCH = 128
 
@@ -178,14 +200,143 @@ class Gemms:
                 a @ b
 
 
+def _conv_input(shape=(BATCH, 32, 14, 14)):
+    return np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+
+
+def conv_memory(kernels=(1, 3, 5, 7)) -> list[dict]:
+    """Peak bytes over one forward and backward of Conv2D(32, 64, k, "same") on a batch of the
+    recipe's second convolution's input, beyond the input, output gradient and weights."""
+    import portnn as pn
+
+    x = _conv_input()
+    rows = []
+    for k in kernels:
+        with pn.use_backend("numpy"):
+            pn.seed(0)
+            layer = pn.Conv2D(32, 64, k, padding="same")
+        params = layer.params()
+        dy = np.ones((BATCH, 64, 14, 14), np.float32)
+        tracemalloc.start()
+        y, context = layer.apply(params, x, True)
+        dx, grads = layer.vjp(params, context, dy)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        cols = context[0].nbytes
+        del y, context, dx, grads
+        rows.append(
+            {"kernel": f"{k}x{k}", "input_bytes": x.nbytes, "cols_bytes": cols, "peak_bytes": peak}
+        )
+    return rows
+
+
+def step_memory() -> int:
+    """Peak bytes of one training step (batch 128) of the recipe's CNN on NumPy."""
+    import portnn as pn
+
+    pn.set_backend("numpy")
+    pn.seed(0)
+    model = pn.recipes.get("fashion-mnist").build_cnn()
+    X, y = data(BATCH)
+    model.train(X, y, epochs=1, batch_size=BATCH, print_every=None)  # builds the step
+    tracemalloc.start()
+    model.train(X, y, epochs=1, batch_size=BATCH, print_every=None)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def _ms(f, repeat: int) -> float:
+    f()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def profile(repeat: int) -> dict:
+    """Milliseconds per batch of 128: each layer's forward (training) and backward on NumPy,
+    then the second convolution's parts alone, and torch's conv2d beside them."""
+    import portnn as pn
+    from portnn import _im2col
+
+    pn.set_backend("numpy")
+    pn.seed(0)
+    model = pn.recipes.get("fashion-mnist").build_cnn()
+    x, y = data(BATCH)
+    layers = []
+    for layer in model.layers:
+        params = layer.params()
+        out, context = layer.apply(params, x, True)
+        forward = _ms(lambda la=layer, p=params, x=x: la.apply(p, x, True), repeat)
+        layers.append([layer, params, context, x, forward])
+        x = out
+    d = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    for row in reversed(layers):
+        layer, params, context = row[:3]
+        row.append(_ms(lambda la=layer, p=params, c=context, d=d: la.vjp(p, c, d), repeat))
+        d = layer.vjp(params, context, d)[0]
+    per_layer = [
+        {"layer": repr(layer), "forward_ms": f, "backward_ms": b} for layer, _, _, _, f, b in layers
+    ]
+    conv = next(row for row in layers if repr(row[0]).startswith("Conv2D(32"))
+    layer, x = conv[0], conv[3]
+    xh = _im2col.pad(np.transpose(x, (0, 2, 3, 1)), layer._padding(), (1, 2))
+    views = list(_im2col.shifts(xh, (3, 3), (1, 1), (14, 14), (1, 2)))
+    cols = np.stack(views, axis=-1).reshape(BATCH * 196, -1)
+    w = layer.weights.reshape(64, -1)
+    d = np.random.default_rng(2).normal(size=(BATCH * 196, 64)).astype(np.float32)
+    dcols = (d @ w).reshape(BATCH, 14, 14, 32, 3, 3)
+    terms = [dcols[..., i, j] for i in range(3) for j in range(3)]
+    # The same copies with the kernel's offsets before the channels: (n, h, w, kh*kw, c)
+    cl = np.ascontiguousarray(np.moveaxis(dcols.reshape(BATCH, 14, 14, 32, 9), -1, 3))
+    terms_cl = [cl[:, :, :, k, :] for k in range(9)]
+    parts = {
+        "im2col (stack of 9 views, offsets last)": lambda: np.stack(views, axis=-1),
+        "im2col, offsets before channels (axis=-2)": lambda: np.stack(views, axis=-2),
+        "cols @ W.T (forward GEMM)": lambda: cols @ w.T,
+        "d.T @ cols (weights' GEMM)": lambda: d.T @ cols,
+        "d @ W (columns' gradient GEMM)": lambda: d @ w,
+        "col2im (fold of 9 strided terms)": lambda: _im2col.fold(
+            terms, (16, 16), (3, 3), (1, 1), (1, 2)
+        ),
+        "col2im, offsets before channels": lambda: _im2col.fold(
+            terms_cl, (16, 16), (3, 3), (1, 1), (1, 2)
+        ),
+    }
+    conv_parts = {name: _ms(f, repeat) for name, f in parts.items()}
+    try:
+        import torch
+
+        xt = torch.from_numpy(x).requires_grad_()
+        wt = torch.from_numpy(np.array(layer.weights)).requires_grad_()
+        bt = torch.zeros(64, requires_grad=True)
+
+        def torch_conv():
+            out = torch.nn.functional.conv2d(xt, wt, bt, padding=1)
+            out.backward(torch.ones_like(out))
+
+        conv_parts["torch conv2d forward + backward"] = _ms(torch_conv, repeat)
+    except ImportError:
+        pass
+    return {"layers": per_layer, "conv2_parts": conv_parts}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=6000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="1,024 samples, 1 epoch")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--no-memory", action="store_true", help="skip the tracemalloc peaks")
+    p.add_argument("--no-profile", action="store_true", help="skip the per-layer times")
     args = p.parse_args(argv)
     if args.quick:
         args.samples, args.epochs = 1024, 1
+    args.backend = "numpy"  # what machine_info records
+    info = machine_info(args)
     X, y = data(args.samples)
     makers = {
         "portnn numpy": lambda: Portnn(X, y, "numpy"),
@@ -207,6 +358,7 @@ def main(argv=None) -> None:
             start = time.perf_counter()
             c.epoch()
             times[name].append(time.perf_counter() - start)
+    live.clear()  # the contestants' arrays, before the memory is measured
     med = {name: statistics.median(t) for name, t in times.items()}
     print(
         f"LeNet-sized CNN, {args.samples} samples, batch {BATCH}, float32, median of "
@@ -221,9 +373,49 @@ def main(argv=None) -> None:
         ("portnn numpy / GEMMs only", "portnn numpy", "GEMMs only"),
         ("portnn jax / JAX jit by hand", "portnn jax (jit)", "JAX jit by hand"),
     ]
+    out = {"ratios": {}}
     for label, a, b in ratios:
         if a in med and b in med:
-            print(f"{label}: {med[a] / med[b]:.2f}")
+            rounds = statistics.median(x / z for x, z in zip(times[a], times[b], strict=True))
+            out["ratios"][label] = {"of_medians": med[a] / med[b], "median_per_round": rounds}
+            print(f"{label}: {med[a] / med[b]:.2f} (per round: {rounds:.2f})")
+    if not args.no_memory:
+        out["conv_memory"] = conv_memory()
+        out["step_peak_bytes"] = step_memory()
+        print("\nim2col memory, Conv2D(32, 64, k, 'same') forward + backward, input 128x32x14x14:")
+        print("| kernel | input MiB | columns MiB | peak MiB | peak / input |")
+        print("|---|--:|--:|--:|--:|")
+        for r in out["conv_memory"]:
+            inp, cols, peak = r["input_bytes"], r["cols_bytes"], r["peak_bytes"]
+            print(
+                f"| {r['kernel']} | {inp / 2**20:.1f} | {cols / 2**20:.1f} | {peak / 2**20:.1f} "
+                f"| {peak / inp:.1f} |"
+            )
+        print(f"one training step of the whole CNN: peak {out['step_peak_bytes'] / 2**20:.0f} MiB")
+    if not args.no_profile:
+        out["profile"] = profile(3 if args.quick else 10)
+        print("\nportnn on NumPy, one batch of 128, ms (median):")
+        print("| layer | forward | backward |")
+        print("|---|--:|--:|")
+        for r in out["profile"]["layers"]:
+            print(f"| {r['layer']} | {r['forward_ms']:.1f} | {r['backward_ms']:.1f} |")
+        fwd, bwd = (
+            sum(r[k] for r in out["profile"]["layers"]) for k in ("forward_ms", "backward_ms")
+        )
+        print(f"| all layers | {fwd:.1f} | {bwd:.1f} |")
+        print("\nthe second convolution's parts alone, ms:")
+        for name, ms in out["profile"]["conv2_parts"].items():
+            print(f"| {name} | {ms:.1f} |")
+    if args.json:
+        info["load_average_end"] = load_average()
+        results = [
+            {"contestant": n, "times": times[n], "median": med[n], "samples": args.samples}
+            for n in med
+        ]
+        with open(args.json, "w") as f:
+            record = {"machine": info, "args": vars(args), "results": results, **out}
+            json.dump(record, f, indent=2)
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
