@@ -107,9 +107,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     X, X_test = recipes.shaped(model, X), recipes.shaped(model, X_test)  # images for a CNN
     backend, steps = model.backend, model.optimizer.iterations
     batches = "full batch" if batch_size is None else f"batches of {batch_size}"
-    say(f"portnn {pn.__version__}: {args.dataset}, {recipe.about}")
+    about = recipe.cnn_about if recipes.is_cnn(model) else recipe.about
+    say(f"portnn {pn.__version__}: {args.dataset}, {about}")
     tests = f", {len(X_test)} test samples" if X_test is not None else ""
-    say(f"data: {len(X)} training samples{tests}, {features} features")
+    images = f" (as {'x'.join(map(str, X.shape[1:]))} images)" if recipes.is_cnn(model) else ""
+    say(f"data: {len(X)} training samples{tests}, {features} features{images}")
     done, resumed = 0, ""
     if args.resume:
         # The epochs go on from the saved run's: as this command recorded them, else (a file

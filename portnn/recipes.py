@@ -47,6 +47,7 @@ __all__ = [
     "epochs_done",
     "features",
     "get",
+    "is_cnn",
     "resume",
     "shaped",
 ]
@@ -164,6 +165,16 @@ class Recipe:
             accuracy=self.accuracy(),
         )
         return model
+
+    @property
+    def cnn_about(self) -> str:
+        """``build_cnn``'s network in a few words, as ``about`` is the dense one's."""
+        blocks = "-".join(map(str, self.cnn_channels))
+        return (
+            f"a CNN on its {'x'.join(map(str, self.image_shape or ()))} images: blocks of "
+            f"Conv2D 3x3, BatchNormalization, ReLU, MaxPool2D ({blocks} channels), Dense "
+            f"{self.hidden}, Adam(decay {self.decay:g})"
+        )
 
     def build_cnn(self, *, learning_rate: float | None = None, optimizer: str = "adam") -> Model:
         """The recipe's convolutional network for its images: per width of ``cnn_channels``
@@ -285,13 +296,33 @@ def build(
     return get(name).build(n_inputs, n_outputs, **options)
 
 
+def is_cnn(model: Model) -> bool:
+    """Whether ``model`` takes images (or other inputs of more than one axis a sample)."""
+    shape = model.input_shape
+    return shape is not None and len(shape) > 2
+
+
+_SIZED = ("Dense", "Input")  # layers describe() shows by their sizes alone
+
+
 def describe(model: Model, *, training: bool = False) -> str:
-    """The network in a few words, as ``portnn train`` prints it: the Dense sizes, inputs
-    first, then the other layers' kinds once each: ``2-64-3 (ReLU, Softmax)``; with
+    """The network in a few words, as ``portnn train`` prints it: the sizes, inputs first
+    (features, or an image's ``CxHxW``), then each weight matrix's or kernel's width
+    (features, or a convolution's channels; BatchNormalization's per-channel scale is
+    neither), then the kinds of the other layers once each: ``2-64-3 (ReLU, Softmax)``,
+    ``1x8x8-16-128-10 (Conv2D, BatchNormalization, ReLU, MaxPool2D, Flatten, Softmax)``; with
     ``training``, then the loss and the optimizer: ``..., CategoricalCrossentropy,
     Adam(learning_rate=0.05, decay=5e-07)``."""
-    kinds = [type(layer).__name__ for layer in model.layers if not layer.param_names]
-    text = f"{'-'.join(map(str, model._sizes()))} ({', '.join(dict.fromkeys(kinds))})"
+    kinds = [type(la).__name__ for la in model.layers if type(la).__name__ not in _SIZED]
+    sizes: list[Any] = []
+    if any(la.param_names for la in model.layers):
+        shape = model.input_shape or (None, None)
+        sizes.append("x".join(map(str, shape[1:])) if is_cnn(model) else shape[1])
+        for layer, out in zip(model.layers, model.shapes(), strict=True):
+            weights = getattr(layer, "weights", None)
+            if weights is not None and len(weights.shape) >= 2:
+                sizes.append(out[1])
+    text = f"{'-'.join(map(str, sizes))} ({', '.join(dict.fromkeys(kinds))})"
     if not training:
         return text
     opt = model.optimizer

@@ -1,6 +1,8 @@
 """``portnn train DATASET --model cnn``: the recipes' convolutional networks, through main()."""
 
+import gzip
 import re
+import struct
 
 import numpy as np
 import pytest
@@ -77,3 +79,61 @@ def test_a_cnn_refuses_the_dense_networks_shape_options(capsys):
     code, out, err = run(capsys, "train", "digits", "--model", "cnn", "--layers", "3")
     assert code != 0
     assert "--model cnn has its own layers; drop --layers" in err
+
+
+def _write_idx(path, array):
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.tobytes()))
+
+
+@pytest.fixture
+def fashion_dir(tmp_path, monkeypatch):
+    """Tiny Fashion-MNIST files (40 training, 10 test images), a bright band per class; and an
+    empty data folder, so no Fashion-MNIST cached on this machine is found instead."""
+    monkeypatch.setenv("PORTNN_DATA", str(tmp_path / "portnn-data"))
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 60, (n, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 * label : 2 * label + 4, :] = 250
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def test_a_fashion_mnist_cnn_trains_evaluates_and_predicts_a_photo(
+    capsys, backend_name, fashion_dir, tmp_path
+):
+    # The flat rows every command reads (784 values) reach the CNN as 1x28x28 images: in
+    # train, evaluate, and predict's one photo.
+    saved = tmp_path / "cnn.npz"
+    code, out, err = run(
+        capsys, "train", "fashion-mnist", "--model", "cnn", "--epochs", "1", "--batch-size",
+        "20", "--backend", backend_name, "--data", fashion_dir, "--save", saved,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "40 training samples, 10 test samples, 784 features (as 1x28x28 images)" in out
+    assert "fashion-mnist, a CNN on its 1x28x28 images: blocks of Conv2D 3x3" in out
+    assert "model: 1x28x28-32-64-128-10 (Conv2D, BatchNormalization, ReLU, MaxPool2D, " in out
+    assert pn.Model.load(saved).input_shape == (None, 1, 28, 28)
+
+    code, out, err = run(capsys, "evaluate", saved, "fashion-mnist", "--data", fashion_dir)
+    assert code == 0, err
+    assert "test (10 samples), acc: " in out
+
+    Image = pytest.importorskip("PIL.Image")
+    image = tmp_path / "shirt.png"
+    Image.fromarray(np.full((56, 56), 255, dtype=np.uint8)).save(image)
+    code, out, err = run(capsys, "predict", saved, image, "--backend", backend_name)
+    assert code == 0, err
+    assert ", confidence: " in out
+
+    # The saved CNN takes 1x28x28 images: digits' 64 values are refused in one line.
+    pytest.importorskip("sklearn")
+    code, out, err = run(capsys, "evaluate", saved, "digits")
+    assert code == 1 and out == ""
+    assert "the model takes 784 inputs but digits has 64 features per sample" in err
