@@ -6,6 +6,7 @@ nox -s "tests(torch)"      # PyTorch, on request (a large install)
 nox -s "tests(jax)"        # JAX, on request (about 10 minutes)
 nox -s distributed         # data-parallel over MPI: mpiexec -n 2 and 3 against one process
 nox -s bench -- --quick    # the side-by-side training benchmark
+nox -s bench-cnn -- --quick  # the same for the CNN epoch (portnn, PyTorch, JAX, the GEMMs)
 """
 
 import re
@@ -102,3 +103,10 @@ def bench(session: nox.Session) -> None:
     """Training epochs side by side: portnn, a bare Array API loop, PyTorch, the GEMM floor."""
     session.install(".", "-r", "backends/torch.txt")
     session.run("python", "benchmarks/bench_train.py", *session.posargs)
+
+
+@nox.session(name="bench-cnn")
+def bench_cnn(session: nox.Session) -> None:
+    """A CNN epoch side by side: portnn on NumPy and JAX, PyTorch eager, JAX jit, the GEMMs."""
+    session.install(".", "-r", "backends/torch.txt", "-r", "backends/jax.txt")
+    session.run("python", "benchmarks/bench_cnn.py", *session.posargs)
