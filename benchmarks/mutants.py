@@ -187,8 +187,8 @@ MUTATIONS = [
     Mutation(
         "l2-gradient-sign",
         "portnn/layers.py",
-        "dweights = dweights + 2 * self.weight_regularizer_l2 * weights",
-        "dweights = dweights - 2 * self.weight_regularizer_l2 * weights",
+        "dweights = dweights + 2 * layer.weight_regularizer_l2 * weights",
+        "dweights = dweights - 2 * layer.weight_regularizer_l2 * weights",
         "the L2 weight penalty's gradient pushes weights away from 0",
     ),
     Mutation(

@@ -20,9 +20,9 @@ from typing import Any
 from . import random
 from ._checks import integer, real
 from ._im2col import NCHW, NHWC, Pair, fold, pad, shifts, windows
-from ._xp import array_namespace, sign_nonneg
+from ._xp import array_namespace
 from .backend import Backend, get_backend
-from .layers import INITS, Layer, shape_text
+from .layers import INITS, Layer, penalty, penalty_gradients, shape_text
 
 __all__ = ["AveragePool2D", "Conv2D", "Flatten", "MaxPool2D"]
 
@@ -219,14 +219,7 @@ class Conv2D(Layer):
         d = xp.reshape(xp.permute_dims(dvalues, NHWC), (n * ho * wo, self.out_channels))
         dweights = xp.reshape(d.T @ cols, tuple(weights.shape))
         dbiases = xp.sum(d, axis=0)
-        if self.weight_regularizer_l1 > 0:
-            dweights = dweights + self.weight_regularizer_l1 * sign_nonneg(weights)
-        if self.weight_regularizer_l2 > 0:
-            dweights = dweights + 2 * self.weight_regularizer_l2 * weights
-        if self.bias_regularizer_l1 > 0:
-            dbiases = dbiases + self.bias_regularizer_l1 * sign_nonneg(biases)
-        if self.bias_regularizer_l2 > 0:
-            dbiases = dbiases + 2 * self.bias_regularizer_l2 * biases
+        dweights, dbiases = penalty_gradients(self, weights, biases, dweights, dbiases)
         grads = {"weights": dweights, "biases": dbiases}
         if not self.compute_dinputs:
             return None, grads
@@ -256,19 +249,7 @@ class Conv2D(Layer):
 
     def regularization_loss(self, params: dict | None = None) -> Any:
         """``l1w*sum|W| + l2w*sum(W*W) + l1b*sum|b| + l2b*sum(b*b)``, on the device."""
-        params = params or self.params()
-        weights, biases = params["weights"], params["biases"]
-        xp = array_namespace(weights)
-        total = 0.0
-        for factor, p, square in (
-            (self.weight_regularizer_l1, weights, False),
-            (self.weight_regularizer_l2, weights, True),
-            (self.bias_regularizer_l1, biases, False),
-            (self.bias_regularizer_l2, biases, True),
-        ):
-            if factor > 0:
-                total = total + factor * xp.sum(p * p if square else xp.abs(p))
-        return total
+        return penalty(self, params or self.params())
 
     def get_config(self) -> dict:
         return {

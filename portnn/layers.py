@@ -143,6 +143,39 @@ class Layer:
         return short_repr(self)
 
 
+# --- L1/L2 penalties: Dense's and Conv2D's, on ``weights`` and ``biases`` ---------------------
+def penalty(layer: Layer, params: dict[str, Any]) -> Any:
+    """``l1w*sum|W| + l2w*sum(W*W) + l1b*sum|b| + l2b*sum(b*b)`` of ``params``' weights and
+    biases, with the layer's ``weight_regularizer_l1``... factors, on the device."""
+    weights, biases = params["weights"], params["biases"]
+    xp = array_namespace(weights)
+    total = 0.0
+    for factor, p, square in (
+        (layer.weight_regularizer_l1, weights, False),
+        (layer.weight_regularizer_l2, weights, True),
+        (layer.bias_regularizer_l1, biases, False),
+        (layer.bias_regularizer_l2, biases, True),
+    ):
+        if factor > 0:
+            total = total + factor * xp.sum(p * p if square else xp.abs(p))
+    return total
+
+
+def penalty_gradients(
+    layer: Layer, weights: Any, biases: Any, dweights: Any, dbiases: Any
+) -> tuple[Any, Any]:
+    """The data gradients of the weights and biases plus those of ``penalty``."""
+    if layer.weight_regularizer_l1 > 0:
+        dweights = dweights + layer.weight_regularizer_l1 * sign_nonneg(weights)
+    if layer.weight_regularizer_l2 > 0:
+        dweights = dweights + 2 * layer.weight_regularizer_l2 * weights
+    if layer.bias_regularizer_l1 > 0:
+        dbiases = dbiases + layer.bias_regularizer_l1 * sign_nonneg(biases)
+    if layer.bias_regularizer_l2 > 0:
+        dbiases = dbiases + 2 * layer.bias_regularizer_l2 * biases
+    return dweights, dbiases
+
+
 class Input(Layer):
     """Input: passes the data on unchanged (the book's ``Layer_Input``).
 
@@ -249,14 +282,7 @@ class Dense(Layer):
         weights, biases = params["weights"], params["biases"]
         dweights = context.T @ dvalues
         dbiases = xp.sum(dvalues, axis=0, keepdims=True)
-        if self.weight_regularizer_l1 > 0:
-            dweights = dweights + self.weight_regularizer_l1 * sign_nonneg(weights)
-        if self.weight_regularizer_l2 > 0:
-            dweights = dweights + 2 * self.weight_regularizer_l2 * weights
-        if self.bias_regularizer_l1 > 0:
-            dbiases = dbiases + self.bias_regularizer_l1 * sign_nonneg(biases)
-        if self.bias_regularizer_l2 > 0:
-            dbiases = dbiases + 2 * self.bias_regularizer_l2 * biases
+        dweights, dbiases = penalty_gradients(self, weights, biases, dweights, dbiases)
         dinputs = dvalues @ weights.T if self.compute_dinputs else None
         return dinputs, {"weights": dweights, "biases": dbiases}
 
@@ -283,18 +309,7 @@ class Dense(Layer):
 
     def regularization_loss(self, params: dict | None = None) -> Any:
         """``l1w*sum|W| + l2w*sum(W*W) + l1b*sum|b| + l2b*sum(b*b)``, on the device."""
-        weights, biases = (params or self.params()).values()
-        xp = array_namespace(weights)
-        total = 0.0
-        for factor, p, square in (
-            (self.weight_regularizer_l1, weights, False),
-            (self.weight_regularizer_l2, weights, True),
-            (self.bias_regularizer_l1, biases, False),
-            (self.bias_regularizer_l2, biases, True),
-        ):
-            if factor > 0:
-                total = total + factor * xp.sum(p * p if square else xp.abs(p))
-        return total
+        return penalty(self, params or self.params())
 
     def get_config(self) -> dict:
         return {

@@ -147,24 +147,16 @@ class Recipe:
         another network. ``optimizer`` is one of ``OPTIMIZERS`` (the book's four), with the
         recipe's decay.
         """
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        kind = _optimizer(optimizer)  # before any weight is drawn
         *sizes, last = self.sizes(n_inputs, hidden, layers)
         if n_outputs is not None:
             last = integer("n_outputs", n_outputs)
-        lr = self.learning_rate if learning_rate is None else learning_rate  # Adam checks it
         layers: list[Layer] = []
         for a, b in zip(sizes, sizes[1:], strict=False):
             layers += [Dense(a, b, weight_scale=self.weight_scale), ReLU()]
         layers.append(Dense(sizes[-1], last, weight_scale=self.weight_scale))
         layers.append(Linear() if self.regression else Softmax())
-        model = Model(layers)
-        model.set(
-            loss=self.loss(),
-            optimizer=OPTIMIZERS[optimizer](learning_rate=lr, decay=self.decay),
-            accuracy=self.accuracy(),
-        )
-        return model
+        return self._model(layers, learning_rate, kind)
 
     @property
     def cnn_about(self) -> str:
@@ -183,8 +175,7 @@ class Recipe:
         ``Input(shape=image_shape)``; the recipe's loss, optimizer and accuracy."""
         if self.image_shape is None:
             raise ValueError(f"{self.about}: not images, so there is no convolutional network")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {list(OPTIMIZERS)}")
+        kind = _optimizer(optimizer)
         channels, height, width = self.image_shape
         layers: list[Layer] = [Input(shape=self.image_shape)]
         for out in self.cnn_channels:
@@ -194,14 +185,26 @@ class Recipe:
         flat = channels * height * width
         layers += [Flatten(), Dense(flat, self.hidden, weight_init="he"), ReLU()]
         layers += [Dense(self.hidden, self.n_outputs), Softmax()]
-        lr = self.learning_rate if learning_rate is None else learning_rate
+        return self._model(layers, learning_rate, kind)
+
+    def _model(self, layers: list[Layer], learning_rate: float | None, kind: type) -> Model:
+        """A model of ``layers`` with the recipe's loss and accuracy, and an optimizer of
+        ``kind`` at ``learning_rate`` (default the recipe's) with the recipe's decay."""
+        lr = self.learning_rate if learning_rate is None else learning_rate  # Adam checks it
         model = Model(layers)
         model.set(
             loss=self.loss(),
-            optimizer=OPTIMIZERS[optimizer](learning_rate=lr, decay=self.decay),
+            optimizer=kind(learning_rate=lr, decay=self.decay),
             accuracy=self.accuracy(),
         )
         return model
+
+
+def _optimizer(name: str) -> type:
+    """The optimizer class ``name`` (one of ``OPTIMIZERS``)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
+    return OPTIMIZERS[name]
 
 
 # One thread for the small networks: their matrix products (about a thousand rows by 64 to 128
