@@ -205,9 +205,9 @@ class Conv2D(Layer):
         ho, wo = self._out(shape[2], shape[3])
         xp = array_namespace(inputs)
         x = pad(xp.permute_dims(inputs, NHWC), self._padding(), (1, 2))
-        cols = windows(x, self.kernel_size, self.stride, (ho, wo), (1, 2))  # (n, ho, wo, c, K)
+        cols = windows(x, self.kernel_size, self.stride, (ho, wo), (1, 2))  # (n, ho, wo, K, c)
         cols = xp.reshape(cols, (n * ho * wo, -1))
-        weights = xp.reshape(params["weights"], (self.out_channels, -1))
+        weights = self._columns(params["weights"])
         out = xp.reshape(cols @ weights.T + params["biases"], (n, ho, wo, self.out_channels))
         return xp.permute_dims(out, NCHW), (cols, shape)
 
@@ -217,7 +217,9 @@ class Conv2D(Layer):
         weights, biases = params["weights"], params["biases"]
         n, _, ho, wo = dvalues.shape
         d = xp.reshape(xp.permute_dims(dvalues, NHWC), (n * ho * wo, self.out_channels))
-        dweights = xp.reshape(d.T @ cols, tuple(weights.shape))
+        kh, kw = self.kernel_size
+        dweights = xp.reshape(d.T @ cols, (self.out_channels, kh, kw, shape[1]))
+        dweights = xp.permute_dims(dweights, (0, 3, 1, 2))  # back to (out, in, kh, kw)
         dbiases = xp.sum(d, axis=0)
         dweights, dbiases = penalty_gradients(self, weights, biases, dweights, dbiases)
         grads = {"weights": dweights, "biases": dbiases}
@@ -225,16 +227,17 @@ class Conv2D(Layer):
             return None, grads
         (top, bottom), (left, right) = self._padding()
         size = (shape[2] + top + bottom, shape[3] + left + right)
-        dcols = xp.reshape(
-            d @ xp.reshape(weights, (self.out_channels, -1)),
-            (n, ho, wo, shape[1], *self.kernel_size),
-        )
-        terms = [
-            dcols[..., i, j] for i in range(self.kernel_size[0]) for j in range(self.kernel_size[1])
-        ]
+        dcols = xp.reshape(d @ self._columns(weights), (n, ho, wo, kh * kw, shape[1]))
+        terms = [dcols[..., k, :] for k in range(kh * kw)]
         dx = fold(terms, size, self.kernel_size, self.stride, (1, 2))  # (n, h, w, c) padded
         dx = dx[:, top : top + shape[2], left : left + shape[3], :]
         return xp.permute_dims(dx, NCHW), grads
+
+    def _columns(self, weights: Any) -> Any:
+        """The weights as the columns' matrix, ``(out, kh*kw*in)``: im2col orders a column
+        ``(kh, kw, c)``, so torch's ``(out, in, kh, kw)`` (the layout kept) is permuted."""
+        xp = array_namespace(weights)
+        return xp.reshape(xp.permute_dims(weights, (0, 2, 3, 1)), (self.out_channels, -1))
 
     @classmethod
     def parameter_shapes(cls, config: dict) -> dict[str, tuple[int, ...]]:
