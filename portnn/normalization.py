@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._checks import integer, real
-from ._xp import array_namespace
+from ._xp import array_namespace, kernel
 from .backend import Backend, get_backend
 from .layers import Layer, shape_text
 
@@ -23,8 +23,12 @@ class BatchNormalization(Layer):
     ``running = (1 - momentum) * running + momentum * batch``, with the unbiased variance
     (``n / (n - 1)``) for ``running_var``, exactly as torch. In evaluation (``predict``,
     ``evaluate``, validation) ``running_mean`` and ``running_var`` normalise instead.
-    Backward in training: ``dX = (n dx^ - sum dx^ - x^ sum(dx^ x^)) / (n sqrt(var + eps))``
-    with ``dx^ = d * weights``; ``dweights = sum(d * x^)``, ``dbiases = sum(d)``.
+    Forward as one scale and shift per feature, ``x * (w * inv) + (b - mean * w * inv)`` with
+    ``inv = 1 / sqrt(var + epsilon)``. Backward: ``dweights = inv * sum(d * (x - mean))``,
+    ``dbiases = sum(d)`` and, in training, ``dX = a * d + b * (x - mean) + c`` per feature,
+    ``a = weights * inv``, ``b = -a * inv * dweights / n``, ``c = -a * dbiases / n`` (the
+    usual ``(n dx^ - sum dx^ - x^ sum(dx^ x^)) / (n sqrt(var + eps))``, ``dx^ = d * weights``,
+    with its sums written through ``dweights`` and ``dbiases``); in evaluation ``dX = a * d``.
 
     ``weights`` (gamma, ones) and ``biases`` (beta, zeros) are the trained parameters, shape
     ``(n_features,)``, torch's ``weight`` and ``bias``. ``running_mean`` (zeros) and
@@ -74,49 +78,61 @@ class BatchNormalization(Layer):
         axes = (0,) if len(shape) == 2 else (0, 2, 3)
         per = (1, self.n_features) + (1,) * (len(shape) - 2)  # broadcasts along the features
         n = shape[0] * (1 if len(shape) == 2 else shape[2] * shape[3])
+        weights, biases, out = params["weights"], params["biases"], None
         if training:
             if n < 2:
                 raise ValueError(
                     f"{self!r} needs more than one value per feature to train (got inputs "
                     f"{shape_text(shape)}, as torch refuses); use batches of 2 or more"
                 )
-            mean = xp.mean(inputs, axis=axes, keepdims=True)
-            centered = inputs - mean
-            var = xp.mean(centered * centered, axis=axes, keepdims=True)
+            fused = kernel(inputs, "batch_norm_train")  # one library's passes in one (or None)
+            done = None if fused is None else fused(inputs, weights, biases, self.epsilon)
+            if done is None:
+                mean = xp.mean(inputs, axis=axes, keepdims=True)
+                centered = inputs - mean
+                var = xp.mean(centered * centered, axis=axes, keepdims=True)
+            else:
+                out, mean, var = done[0], xp.reshape(done[1], per), xp.reshape(done[2], per)
             inv = 1.0 / xp.sqrt(var + self.epsilon)
-            context = (True, centered * inv, inv, axes, n, mean, var)
+            context = (True, inputs, mean, inv, axes, n, var)
         else:
+            mean = xp.reshape(params["running_mean"], per)
             inv = xp.reshape(1.0 / xp.sqrt(params["running_var"] + self.epsilon), per)
-            context = (False, (inputs - xp.reshape(params["running_mean"], per)) * inv, inv, axes)
-        normed = context[1]
-        return xp.reshape(params["weights"], per) * normed + xp.reshape(
-            params["biases"], per
-        ), context
+            context = (False, inputs, mean, inv, axes)
+        if out is None:  # the affine folded into one scale and shift per feature: two passes
+            scale = xp.reshape(weights, per) * inv
+            out = inputs * scale + (xp.reshape(biases, per) - mean * scale)
+        return out, context
 
     def vjp(self, params, context, dvalues):
-        training, normed, inv, axes = context[:4]
+        training, inputs, mean, inv, axes = context[:5]
         xp = array_namespace(dvalues)
+        fused = kernel(dvalues, "batch_norm_backward") if training else None
+        done = (
+            None
+            if fused is None
+            else fused(dvalues, inputs, mean, inv, params["weights"], self.compute_dinputs)
+        )
+        if done is not None:
+            return done[0], {"weights": done[1], "biases": done[2]}
         per = tuple(inv.shape)
-        grads = {
-            "weights": xp.sum(dvalues * normed, axis=axes),
-            "biases": xp.sum(dvalues, axis=axes),
-        }
+        centered = inputs - mean
+        dbiases = xp.sum(dvalues, axis=axes)
+        dweights = xp.sum(dvalues * centered, axis=axes) * xp.reshape(inv, (self.n_features,))
+        grads = {"weights": dweights, "biases": dbiases}
         if not self.compute_dinputs:
             return None, grads
-        dnormed = dvalues * xp.reshape(params["weights"], per)
+        a = xp.reshape(params["weights"], per) * inv
         if not training:
-            return dnormed * inv, grads
-        n = context[4]
-        dinputs = (inv / n) * (
-            n * dnormed
-            - xp.sum(dnormed, axis=axes, keepdims=True)
-            - normed * xp.sum(dnormed * normed, axis=axes, keepdims=True)
-        )
-        return dinputs, grads
+            return a * dvalues, grads
+        n = context[5]
+        b = -a * inv * xp.reshape(dweights, per) / n
+        c = -a * xp.reshape(dbiases, per) / n
+        return a * dvalues + b * centered + c, grads
 
     def new_state(self, params: dict[str, Any], context: Any) -> dict[str, Any]:
         """The running statistics moved ``momentum`` of the way to the batch's."""
-        _, _, _, _, n, mean, var = context
+        mean, n, var = context[2], context[5], context[6]
         xp = array_namespace(mean)
         m, shape = self.momentum, (self.n_features,)
         unbiased = xp.reshape(var, shape) * (n / (n - 1))

@@ -43,6 +43,16 @@ class NumpyBackend(Backend):
         with np.errstate(all="ignore"):
             yield
 
+    @classmethod
+    def kernel(cls, name: str) -> Any:
+        # The CNN layers' element-wise passes fused by numba (``_numba_cnn``), imported only
+        # when a CNN layer asks: a dense network's ReLU never loads numba.
+        if name not in _CNN_KERNELS:
+            return None
+        from . import _numba_cnn
+
+        return _numba_cnn.kernel(name)
+
     @staticmethod
     def adam_update(param, grad, m, v, beta_1, beta_2, scale, eps):
         kernel = _fused_adam() if param.size >= _FUSE_FROM else None
@@ -69,6 +79,8 @@ class NumpyBackend(Backend):
         )
         return out
 
+
+_CNN_KERNELS = ("batch_norm_train", "batch_norm_backward")
 
 # The book's small networks (spiral, sine) stay below this and never pay the first call's
 # compilation; above it, the compiled loop is about three times faster than the passes.

@@ -1,0 +1,157 @@
+"""NumPy's fused CNN kernels, compiled by numba: BatchNormalization's training forward and
+backward.
+
+NumPy runs a CNN's element-wise work as one pass per operation on one core (BatchNormalization
+alone was about 16 passes over its input); these read and write each array once or twice,
+over both cores (``numba.prange``, ``NUMBA_NUM_THREADS`` threads). They work on
+channels-last memory, which is what a CNN's arrays already are: Conv2D returns an NCHW view of
+NHWC rows, and the element-wise layers after it keep that layout, so the rows are a view, not
+a copy (any other layout is copied once). Each is tested against the layers' portable code
+(tests/test_cnn_kernels.py), which stays the reference and runs on every other library.
+
+A kernel gets the layer's arrays and returns None where it declines (a dtype other than
+float32 or float64): the layer's portable code runs then. Compiled once per installation
+(``cache=True``) and per dtype, a second or two each, on the first CNN step that uses it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+NAMES = ("batch_norm_train", "batch_norm_backward")
+
+# Row chunks each partial sum covers: a fixed count, not the thread count, so the sums (and
+# the bits of the results) do not depend on the number of threads.
+_CHUNKS = 16
+_FLOATS = (np.float32, np.float64)
+
+
+def kernel(name: str) -> Any:
+    """The kernel ``name`` (one of ``NAMES``), or None without numba."""
+    return None if _compiled() is None else _WRAPPERS[name]
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """``(batch, C)`` or NCHW ``a`` as C-contiguous ``(rows, C)``, channels last: a view of
+    NHWC memory, a copy of anything else."""
+    if a.ndim == 4:
+        a = np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
+
+
+def _unrows(rows: np.ndarray, shape: tuple) -> np.ndarray:
+    """``_rows``'s inverse: an NCHW view of NHWC ``rows`` (or the rows, for 2-D)."""
+    if len(shape) == 2:
+        return rows
+    n, c, h, w = shape
+    return rows.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+
+
+def batch_norm_train(x, weights, biases, epsilon):
+    """Training forward: ``(out, mean, var)``, the batch's biased statistics per feature
+    (``(C,)``, in float64 sums) and ``out = x * scale + shift`` with ``scale = w / sqrt(var +
+    eps)``, ``shift = b - mean * scale``; None for a dtype it does not take."""
+    if x.dtype.type not in _FLOATS:
+        return None
+    rows = _rows(x)
+    out = np.empty_like(rows)
+    mean, var = np.empty(rows.shape[1]), np.empty(rows.shape[1])
+    w, b = (np.ascontiguousarray(a, dtype=np.float64) for a in (weights, biases))
+    _compiled()[0](rows, w, b, float(epsilon), out, mean, var)
+    return _unrows(out, x.shape), mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def batch_norm_backward(dvalues, x, mean, inv, weights, dinputs):
+    """Training backward from the forward's ``x``, ``mean`` and ``inv = 1 / sqrt(var + eps)``
+    (``(C,)`` each): ``(dx, dweights, dbiases)``, ``dweights = inv * sum(d * (x - mean))``,
+    ``dbiases = sum(d)``, ``dx = a * d + b * (x - mean) + c`` with per-feature ``a = w * inv``,
+    ``b = -a * inv * dweights / n``, ``c = -a * dbiases / n`` (dx None unless ``dinputs``)."""
+    if dvalues.dtype.type not in _FLOATS:
+        return None
+    d, rows = _rows(dvalues), _rows(x)
+    dx = np.empty_like(d) if dinputs else np.empty((0, d.shape[1]), d.dtype)
+    dweights, dbiases = np.empty(d.shape[1]), np.empty(d.shape[1])
+    mean, inv, w = (np.ascontiguousarray(a, dtype=np.float64).ravel() for a in (mean, inv, weights))
+    _compiled()[1](d, rows, mean, inv, w, dx, dweights, dbiases)
+    dt = dvalues.dtype
+    return (_unrows(dx, x.shape) if dinputs else None), dweights.astype(dt), dbiases.astype(dt)
+
+
+_WRAPPERS = {
+    "batch_norm_train": batch_norm_train,
+    "batch_norm_backward": batch_norm_backward,
+}
+
+
+@functools.cache
+def _compiled() -> Any:
+    """The numba functions (compiled lazily, per dtype, on first call), or None without numba."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    # numpy's error model: x / 0 is inf, not an exception (and the loops vectorize).
+    jit = functools.partial(numba.njit, nogil=True, error_model="numpy", cache=True)
+    prange, chunks = numba.prange, _CHUNKS
+
+    @jit(parallel=True)
+    def bn_forward(x, w, b, eps, out, mean, var):  # pragma: no cover (compiled)
+        m, c = x.shape
+        step = (m + chunks - 1) // chunks
+        part = np.zeros((chunks, c))
+        for t in prange(chunks):
+            for r in range(t * step, min(m, (t + 1) * step)):
+                for k in range(c):
+                    part[t, k] += x[r, k]
+        for k in range(c):
+            mean[k] = part[:, k].sum() / m
+        part2 = np.zeros((chunks, c))
+        for t in prange(chunks):
+            for r in range(t * step, min(m, (t + 1) * step)):
+                for k in range(c):
+                    dev = x[r, k] - mean[k]
+                    part2[t, k] += dev * dev
+        scale = np.empty(c, x.dtype)
+        shift = np.empty(c, x.dtype)
+        for k in range(c):
+            var[k] = part2[:, k].sum() / m
+            s = w[k] / np.sqrt(var[k] + eps)
+            scale[k] = s
+            shift[k] = b[k] - mean[k] * s
+        for r in prange(m):
+            for k in range(c):
+                out[r, k] = x[r, k] * scale[k] + shift[k]
+
+    @jit(parallel=True)
+    def bn_backward(d, x, mean, inv, w, dx, dweights, dbiases):  # pragma: no cover
+        m, c = d.shape
+        step = (m + chunks - 1) // chunks
+        sd = np.zeros((chunks, c))
+        sdx = np.zeros((chunks, c))
+        mu = mean.astype(x.dtype)
+        for t in prange(chunks):
+            for r in range(t * step, min(m, (t + 1) * step)):
+                for k in range(c):
+                    dk = d[r, k]
+                    sd[t, k] += dk
+                    sdx[t, k] += dk * (x[r, k] - mu[k])
+        a = np.empty(c, d.dtype)
+        b = np.empty(c, d.dtype)
+        e = np.empty(c, d.dtype)
+        for k in range(c):
+            dbiases[k] = sd[:, k].sum()
+            dweights[k] = inv[k] * sdx[:, k].sum()
+            ak = w[k] * inv[k]
+            a[k] = ak
+            b[k] = -ak * inv[k] * dweights[k] / m
+            e[k] = -ak * dbiases[k] / m
+        if dx.shape[0] == 0:
+            return
+        for r in prange(m):
+            for k in range(c):
+                dx[r, k] = a[k] * d[r, k] + b[k] * (x[r, k] - mu[k]) + e[k]
+
+    return bn_forward, bn_backward

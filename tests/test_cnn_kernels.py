@@ -1,0 +1,139 @@
+"""NumPy's fused CNN kernels (``portnn/backend/_numba_cnn.py``) against the layers' portable
+code, which the kernels stand in for: BatchNormalization's training forward, backward and
+running statistics.
+The layers run on NumPy here whatever backend the suite tests (the kernels are NumPy's)."""
+
+import numpy as np
+import pytest
+
+import portnn as pn
+from portnn import _xp
+from portnn.backend import _numba_cnn, _numpy
+
+pytest.importorskip("numba")
+
+TOL = {"float32": {"rtol": 2e-5, "atol": 2e-6}, "float64": {"rtol": 1e-11, "atol": 1e-13}}
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """The names of the kernels called, in order (each still runs)."""
+    called = []
+    for name, fn in list(_numba_cnn._WRAPPERS.items()):
+
+        def wrapped(*args, _fn=fn, _name=name):
+            called.append(_name)
+            return _fn(*args)
+
+        monkeypatch.setitem(_numba_cnn._WRAPPERS, name, wrapped)
+    return called
+
+
+def _portable(monkeypatch):
+    """From here on NumPy has no kernels: the layers' portable code runs."""
+    monkeypatch.setattr(_numpy.NumpyBackend, "kernel", classmethod(lambda cls, name: None))
+
+
+def _layer(make, dtype):
+    with pn.use_backend("numpy", dtype=dtype):
+        pn.seed(0)
+        return make()
+
+
+def _run(layer, x, d, training=True):
+    """Forward, backward and (for BatchNormalization in training) the new running statistics."""
+    params = layer.params()
+    out, context = layer.apply(params, x, training)
+    dx, grads = layer.vjp(params, context, d)
+    state = layer.new_state(params, context) if training and layer.state_names else {}
+    return {"out": out, "dx": dx, **grads, **state}
+
+
+def _close(got, want, dtype):
+    assert got.keys() == want.keys()
+    for key in want:
+        g, w = np.asarray(got[key]), np.asarray(want[key])
+        assert g.dtype == w.dtype == np.dtype(dtype) and g.shape == w.shape, key
+        tol = TOL[dtype]
+        scale = max(1.0, float(np.abs(w).max()))  # dx's cancellation is relative to its size
+        np.testing.assert_allclose(g, w, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=key)
+
+
+def _layout(x, how):
+    """``x`` (NCHW values) in another memory layout with the same values."""
+    if how == "nhwc":  # a Conv2D's output: an NCHW view of NHWC rows
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    if how == "strided":  # every other column of a wider array: contiguous in no order
+        wide = np.repeat(x, 2, axis=-1)
+        wide[..., 1::2] = -7.0
+        return wide[..., ::2]
+    return x
+
+
+BN_SHAPES = {
+    "odd": (3, 5, 7, 9),
+    "batch1": (1, 3, 5, 5),
+    "batch2-many-channels": (2, 64, 3, 5),
+    "1x1-pixels": (5, 4, 1, 1),
+    "dense": (7, 6),
+    "dense-batch2": (2, 3),
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("shape", BN_SHAPES.values(), ids=BN_SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_kernels_equal_the_portable_code(dtype, shape, layout, spy, monkeypatch):
+    if len(shape) == 2 and layout != "nchw":
+        pytest.skip("2-D inputs have one layout")
+    rng = np.random.default_rng(3)
+    # An offset mean and unequal features: a sum over the wrong axis or a missing centring
+    # shows; weights and biases away from 1 and 0.
+    spread = rng.uniform(0.5, 3, shape[1]).reshape(1, -1, *([1] * (len(shape) - 2)))
+    x = (5.0 + rng.normal(size=shape) * spread).astype(dtype)
+    d = rng.normal(size=shape).astype(dtype)
+    x, d = _layout(x, layout), _layout(d, layout)
+    layer = _layer(lambda: pn.BatchNormalization(shape[1], momentum=0.3), dtype)
+    layer.weights = rng.uniform(0.5, 2, shape[1]).astype(dtype)
+    layer.biases = rng.normal(size=shape[1]).astype(dtype)
+    layer.running_mean = rng.normal(size=shape[1]).astype(dtype)
+    layer.running_var = rng.uniform(0.5, 2, shape[1]).astype(dtype)
+    assert _xp.kernel(x, "batch_norm_train") is not None
+    fused = _run(layer, x, d)
+    assert spy == ["batch_norm_train", "batch_norm_backward"]
+    _portable(monkeypatch)
+    want = _run(layer, x, d)
+    assert spy == ["batch_norm_train", "batch_norm_backward"]  # the portable run took none
+    _close(fused, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_kernel_without_input_gradient_and_in_evaluation(dtype, spy, monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 3, 5, 6)).astype(dtype)
+    d = rng.normal(size=x.shape).astype(dtype)
+    layer = _layer(lambda: pn.BatchNormalization(3), dtype)
+    layer.compute_dinputs = False
+    fused = _run(layer, x, d)
+    assert fused["dx"] is None and spy == ["batch_norm_train", "batch_norm_backward"]
+    layer.compute_dinputs = True
+    evaluation = _run(layer, x, d, training=False)  # evaluation: the portable code only
+    assert spy == ["batch_norm_train", "batch_norm_backward"]
+    _portable(monkeypatch)
+    layer.compute_dinputs = False
+    want = _run(layer, x, d)
+    assert want.pop("dx") is None and fused.pop("dx") is None
+    _close(fused, want, dtype)
+    layer.compute_dinputs = True
+    _close(evaluation, _run(layer, x, d, training=False), dtype)
+
+
+def test_the_kernels_decline_what_they_do_not_take():
+    x = np.ones((2, 3, 4, 4), np.float16)
+    assert _numba_cnn.batch_norm_train(x, np.ones(3), np.zeros(3), 1e-5) is None
+    assert _xp.kernel(x, "relu_backward") is None  # not a CNN kernel of NumPy's
+
+
+def test_without_numba_there_are_no_kernels(monkeypatch):
+    monkeypatch.setattr(_numba_cnn, "_compiled", lambda: None)
+    assert _xp.kernel(np.ones((2, 3, 4, 4)), "batch_norm_train") is None
