@@ -38,6 +38,17 @@ def state_dict(model: Model) -> dict[str, Any]:
     return state
 
 
+def snapshot(model: Model) -> dict[str, Any]:
+    """``state_dict`` to keep while training goes on (the state to restore on divergence, the
+    best epoch's): its arrays by reference, or copies where the backend's compiled step may
+    reuse the buffers of the arrays the model holds (``Backend.donates``: JAX)."""
+    state = state_dict(model)
+    if not model.backend.donates:
+        return state
+    copy = model.backend.xp.asarray
+    return {k: v if isinstance(v, int | float) else copy(v, copy=True) for k, v in state.items()}
+
+
 def load_state_dict(model: Model, state: dict[str, Any]) -> None:
     """``Model.load_state_dict``: check the parameters and the optimizer's state, then set."""
     misplaced = [k for k in state if not (isinstance(k, str) and k.startswith(_PREFIXES))]

@@ -17,6 +17,7 @@ import string
 from collections.abc import Callable
 from typing import Any
 
+from . import _state
 from ._checks import integer, real
 from ._npz import checked_name
 
@@ -117,8 +118,9 @@ class EarlyStopping(_Monitor):
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best:
-                # By reference: updates make new arrays, so this stays the best epoch's.
-                self._state = run.model.state_dict()
+                # By reference (updates make new arrays, so this stays the best epoch's),
+                # or copied where a compiled step reuses the buffers it is given.
+                self._state = _state.snapshot(run.model)
             return
         if self.wait >= self.patience and epoch > 1:  # Keras: `and epoch > 0`, from 0
             self.stopped_epoch = epoch

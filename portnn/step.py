@@ -22,6 +22,7 @@ such a step is eager, and ``compile`` refuses it.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from . import random
@@ -70,6 +71,12 @@ class Step:
         # Compiled: by the backend's compiler, where it has one (NumPy's step runs as it is).
         self.compiled = bool(compile) and self.backend.compiler is not None
         self.run = self.backend.compile(self._run) if self.compiled else self._run
+        # Where the compiler can reuse the buffers of the arrays a step replaces (jax.jit's
+        # donation: no second copy of the parameters and optimizer state), a second
+        # compilation does, taken for the steps whose arrays nobody else holds (``_unshared``).
+        self.donating = None
+        if self.compiled and self.backend.donates:
+            self.donating = self.backend.compile(self._run, donate=(0, 1, 2))
 
     def _lay_out(self) -> None:
         """Which arrays are trained (``params_keys``: each layer's ``param_names`` now) and
@@ -135,7 +142,10 @@ class Step:
             self._lay_out()  # a layer frozen or unfrozen (its param_names set) since
         self.optimizer.pre_update_params()
         params, state, opt_state = self.gather()
-        params, state, opt_state, figures = self.run(
+        run = self.run
+        if self.donating is not None and _unshared(params, state, opt_state):
+            run = self.donating
+        params, state, opt_state, figures = run(
             params, state, opt_state, x, y, self.scalars(), self.key()
         )
         self.scatter(params, state, opt_state)
@@ -199,3 +209,29 @@ class Step:
         for key in params:
             new_params[key], new_opt[key] = rule(params[key], grads[key], opt_state[key], scalars)
         return new_params, new_opt
+
+
+def _most_references(objects: list) -> int:
+    """The largest reference count among ``objects`` (``sys.getrefcount``)."""
+    return max(map(sys.getrefcount, objects), default=0)
+
+
+# What that count is for an object only the list holds: the list's reference, and the call's.
+_ALONE = _most_references([object()])
+
+
+def _unshared(params: dict, state: dict, opt_state: dict) -> bool:
+    """Whether only the model and these dicts hold the step's arrays, so a compiled step may
+    reuse their buffers (and delete the arrays). Anything else holding one (a ``state_dict``
+    kept, ``w = layer.weights``, a callback's list) keeps them all; CPython's reference counts
+    tell, and where there are none (PyPy) nothing is reused."""
+    if not hasattr(sys, "getrefcount"):
+        return False
+    records = [s for s in opt_state.values() if s is not None]
+    # Each object in one list, which adds a reference: the model holds each array and record
+    # once (a layer's attribute, the optimizer's state), and so do these dicts; the record
+    # alone holds its arrays.
+    fields = [a for record in records for a in record]
+    held = [*params.values(), *state.values(), *records]
+    del records
+    return _most_references(held) <= _ALONE + 2 and _most_references(fields) <= _ALONE + 1

@@ -4,8 +4,9 @@ bars are in ``progress``).
 
 Figures stay on the device and are read back only at logging points, so a GPU run has no
 host round trip per batch. Each epoch keeps the state its first forward pass measured (a
-``state_dict`` by reference: updates make new arrays); a finite epoch loss vouches for it,
-and divergence restores the last state vouched for.
+``state_dict`` by reference: updates make new arrays; copied on JAX, whose compiled step
+reuses the buffers it replaces); a finite epoch loss vouches for it, and divergence restores
+the last state vouched for.
 
 With ``comm`` (``portnn.distributed``) the run is data-parallel. A ``distributed.DataParallel``
 checks that the ranks agree and takes rank 0's state. It splits each batch, makes the
@@ -25,7 +26,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import random
+from . import _state, random
 from ._checks import integer, real
 from ._inputs import prepare
 from ._xp import all_finite, array_namespace, quiet_float_errors
@@ -205,7 +206,7 @@ class Run:
         )
         self.history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
         self.pending: list[dict] = []  # epochs since the last logging point, on the device
-        self.last_good = (0, model.state_dict())  # (epoch, the state its loss vouched for)
+        self.last_good = (0, _state.snapshot(model))  # (epoch, the state its loss vouched for)
 
     def _setup(self, X, y, epochs, initial_epoch, batch_size, print_every, validation_data) -> None:
         """Check the arguments, move the data to the device, lay out the batches."""
@@ -297,7 +298,7 @@ class Run:
         model, X, y = self.model, self.X, self.y
         xp, b = model.backend.xp, model.backend
         self.progress.start_epoch(epoch)
-        start = model.state_dict()
+        start = _state.snapshot(model)
         # Each batch is gathered by its slice of a device permutation: no shuffled copy of
         # the whole data set is made (nor kept alive by a layer's inputs).
         order = None

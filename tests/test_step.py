@@ -296,3 +296,113 @@ def test_a_compiled_cnn_with_batch_norm_takes_the_eager_trajectory(compiler):
     _assert_same_state(_state(eager), state, rtol=1e-9, atol=1e-9)
     assert not np.allclose(state["layers/2/running_mean"], 0)  # the statistics moved
     assert not any(k.startswith("optimizer/2/running") for k in state)
+
+
+# --- donated buffers: a compiled step reuses the arrays nobody else holds --------------------
+
+
+def test_a_step_sees_every_other_holder_of_its_arrays(backend64):
+    # portnn.step._unshared, on every backend: only the model and the step's own dicts may
+    # hold an array the step is to consume (jax.jit's donation deletes it).
+    from portnn.step import _unshared
+
+    model = _model(pn.Adam(0.01))
+    X, y = _data()
+    model.train(X, y, epochs=1, batch_size=5, print_every=None, compile=False)
+    step = Step(model)
+
+    def unshared():
+        params, state, opt_state = step.gather()
+        return _unshared(params, state, opt_state)
+
+    assert unshared()
+    held = model.layers[3].biases
+    assert not unshared()
+    del held
+    kept = model.state_dict()
+    assert not unshared()
+    del kept
+    record = model.optimizer.state[model.layers[0]]["weights"]
+    assert not unshared()
+    moment = record[0]
+    del record
+    assert not unshared()
+    del moment
+    assert unshared()
+    model.layers[3].biases = model.layers[0].biases  # one array, two holders (nothing runs)
+    assert not unshared()
+
+
+@pytest.fixture
+def donation(backend64, monkeypatch):
+    """JAX's compiled steps, spied on: for each call, whether it was the donating one and
+    whether the arrays it was given were deleted by it (their buffers reused)."""
+    if not backend64.donates:
+        pytest.skip(f"{backend64.name} has no donated buffers")
+    calls = []
+    make = Step.__init__
+
+    def init(self, *args, **kwargs):
+        make(self, *args, **kwargs)
+        for name in ("run", "donating"):
+            real = getattr(self, name)
+
+            def spy(params, *rest, real=real, name=name):
+                out = real(params, *rest)
+                calls.append((name, all(a.is_deleted() for a in params.values())))
+                return out
+
+            setattr(self, name, spy)
+
+    monkeypatch.setattr(Step, "__init__", init)
+    return calls
+
+
+def test_a_compiled_step_reuses_the_buffers_nobody_else_holds(donation):
+    X, y = _data()
+
+    def run(hold):
+        pn.seed(5)
+        model = _model(pn.Adam(0.05), dropout=0.0)
+        kept = {}
+        if hold:
+            kept = {"weights": model.layers[0].weights, "state": model.state_dict()}
+        before = {k: numpy_of(v) for k, v in model.state_dict().items()}
+        donation.clear()
+        model.train(X, y, epochs=2, batch_size=5, print_every=None, compile=True)
+        return model, kept, before, list(donation)
+
+    free, _, _, calls = run(hold=False)
+    # Every step: the epoch's snapshot (restored on divergence) is a copy, so even the first
+    # step of an epoch gives its arrays away, and the arrays given are deleted.
+    assert calls == [("donating", True)] * 10
+    held, kept, before, calls = run(hold=True)
+    # The first step sees the arrays held and leaves them; from then on, its results are
+    # the model's alone.
+    assert calls == [("run", False)] + [("donating", True)] * 9
+    assert not kept["weights"].is_deleted()
+    np.testing.assert_array_equal(numpy_of(kept["weights"]), before["layers/0/weights"])
+    for key, value in kept["state"].items():
+        np.testing.assert_array_equal(numpy_of(value), before[key], err_msg=key)
+    _assert_same_state(_state(free), _state(held), rtol=0, atol=0)
+
+
+def test_after_donated_steps_the_best_epoch_is_restored(donation):
+    # EarlyStopping keeps the best epoch's state while the steps after it give their arrays
+    # away: it keeps copies, and restores them. (The divergence restore after donated steps:
+    # tests/test_model.py's divergence tests, which compile on JAX.)
+    X, y = _data()
+
+    def run(epochs, callbacks=()):
+        pn.seed(6)
+        model = _model(pn.SGD(0.8, momentum=0.9), dropout=0.0)
+        kw = {"batch_size": 5, "print_every": None, "compile": True, "callbacks": callbacks}
+        return model, model.train(X, y, epochs=epochs, **kw)
+
+    best = pn.callbacks.EarlyStopping(monitor="loss", patience=8, restore_best=True)
+    model, history = run(8, [best])
+    assert ("donating", True) in donation
+    assert 1 <= best.best_epoch < 8  # a best epoch before the last: a real restore
+    assert history["loss"][best.best_epoch - 1] == min(history["loss"])
+    reference, _ = run(best.best_epoch)
+    _assert_same_state(_state(model), _state(reference), rtol=0, atol=0)

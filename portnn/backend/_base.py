@@ -53,6 +53,9 @@ class Backend:
     # is; ``compiles_by_default``: whether ``Model.train`` compiles unless told otherwise.
     compiler: ClassVar[str | None] = None
     compiles_by_default: ClassVar[bool] = False
+    # Whether ``compile(step, donate=...)`` lets the compiled step reuse (and so delete) the
+    # buffers of the arguments named (``jax.jit``'s donated buffers).
+    donates: ClassVar[bool] = False
 
     xp: ModuleType
     device: Any
@@ -166,9 +169,11 @@ class Backend:
         raise NotImplementedError
 
     # --- the compiler seam ------------------------------------------------------------------
-    def compile(self, step: Callable[..., Any]) -> Callable[..., Any]:
+    def compile(self, step: Callable[..., Any], donate: tuple[int, ...] = ()) -> Callable[..., Any]:
         """``step`` (a pure function of arrays, dicts and tuples of them) compiled by the
-        library's ``compiler``; the identity where it has none."""
+        library's ``compiler``; the identity where it has none. Where the library ``donates``,
+        the arguments at the positions ``donate`` are consumed: their buffers hold the results,
+        and the arrays passed are deleted."""
         return step
 
     def step_scalars(self, values: dict[str, float]) -> dict[str, Any]:

@@ -85,7 +85,7 @@ class TorchBackend(Backend):
 
         return torch.randperm(n, generator=generator, device=self.device)
 
-    def compile(self, step: Any) -> Any:
+    def compile(self, step: Any, donate: tuple[int, ...] = ()) -> Any:
         import torch
 
         compiled = torch.compile(step, dynamic=False)
