@@ -20,7 +20,7 @@ from typing import Any
 from . import random
 from ._checks import integer, real
 from ._im2col import NCHW, NHWC, Pair, fold, pad, shifts, windows
-from ._xp import array_namespace
+from ._xp import array_namespace, kernel
 from .backend import Backend, get_backend
 from .layers import INITS, Layer, penalty, penalty_gradients, shape_text
 
@@ -322,13 +322,21 @@ class MaxPool2D(_Pool2D):
     def apply(self, params, inputs, training=False, key=None):
         xp = array_namespace(inputs)
         views = self._views(inputs)
+        fused = kernel(inputs, "max_pool")  # value and first argmax in one pass (or None)
+        done = None if fused is None else fused(inputs, self.pool_size, self.stride)
+        if done is not None:
+            return done[0], (inputs, done[0], done[1])
         out = views[0]
         for view in views[1:]:
             out = xp.maximum(out, view)
-        return out, (inputs, out)
+        return out, (inputs, out, None)
 
     def vjp(self, params, context, dvalues):
-        inputs, out = context
+        inputs, out, argmax = context
+        fused = None if argmax is None else kernel(dvalues, "max_pool_backward")
+        if fused is not None:
+            shape = tuple(inputs.shape)
+            return fused(dvalues, argmax, shape, self.pool_size, self.stride), {}
         xp = array_namespace(dvalues)
         left, terms = dvalues, []  # the gradient not yet given to an earlier maximum
         for view in self._views(inputs):

@@ -1,6 +1,6 @@
 """NumPy's fused CNN kernels (``portnn/backend/_numba_cnn.py``) against the layers' portable
 code, which the kernels stand in for: BatchNormalization's training forward, backward and
-running statistics.
+running statistics; MaxPool2D's forward and backward, ties to the first maximum as torch.
 The layers run on NumPy here whatever backend the suite tests (the kernels are NumPy's)."""
 
 import numpy as np
@@ -128,9 +128,88 @@ def test_batch_norm_kernel_without_input_gradient_and_in_evaluation(dtype, spy, 
     _close(evaluation, _run(layer, x, d, training=False), dtype)
 
 
+POOLS = {  # (pool, stride, input height x width)
+    "2-tile-odd": (2, None, (7, 9)),
+    "3-stride2-overlap": (3, 2, (9, 8)),
+    "2-stride3-gaps": (2, 3, (8, 11)),
+    "3-stride1": (3, 1, (5, 6)),
+    "2x3-stride1x2": ((2, 3), (1, 2), (6, 9)),
+    "whole-image": (4, None, (4, 4)),
+}
+
+
+@pytest.mark.parametrize("values", ["normal", "ties"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("batch_channels", [(1, 3), (2, 64)], ids=["b1-c3", "b2-c64"])
+@pytest.mark.parametrize(("pool", "stride", "size"), POOLS.values(), ids=POOLS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_max_pool_kernels_equal_the_portable_code(
+    dtype, pool, stride, size, batch_channels, layout, values, spy, monkeypatch
+):
+    rng = np.random.default_rng(5)
+    shape = (*batch_channels, *size)
+    # Ties everywhere with three values: the gradient must go to the first maximum of each
+    # window (row-major), as the portable code's and torch's, not the last or every one.
+    x = rng.integers(0, 3, shape) if values == "ties" else rng.normal(size=shape)
+    x = _layout(x.astype(dtype), layout)
+    layer = _layer(lambda: pn.MaxPool2D(pool, stride=stride), dtype)
+    out_shape = layer.output_shape(shape)
+    d = rng.normal(size=out_shape).astype(dtype)
+    assert _xp.kernel(x, "max_pool") is not None
+    fused = _run(layer, x, d)
+    assert spy == ["max_pool", "max_pool_backward"]
+    _portable(monkeypatch)
+    want = _run(layer, x, d)
+    _close(fused, want, dtype)
+    if values == "ties" and stride is None:  # windows that tile: each input gets one share
+        np.testing.assert_array_equal(np.asarray(fused["dx"]) != 0, np.asarray(want["dx"]) != 0)
+
+
+def test_max_pool_kernel_sends_a_tied_windows_gradient_to_its_first_maximum():
+    x = np.array([[[[1.0, 5.0, 5.0], [5.0, 0.0, 5.0], [2.0, 2.0, 2.0]]]])
+    layer = _layer(lambda: pn.MaxPool2D(2, stride=1), "float64")
+    got = _run(layer, x, np.array([[[[1.0, 10.0], [100.0, 1000.0]]]]))
+    np.testing.assert_array_equal(got["out"], [[[[5.0, 5.0], [5.0, 5.0]]]])
+    # windows: (0,0) -> x[0,1]; (0,1) -> x[0,1]; (1,0) -> x[1,0]; (1,1) -> x[1,2]
+    np.testing.assert_array_equal(got["dx"], [[[[0, 11, 0], [100, 0, 1000], [0, 0, 0]]]])
+
+
+def test_a_cnn_trains_the_same_with_and_without_the_kernels(spy, monkeypatch):
+    # The layers chained as a CNN chains them (a Conv2D's NHWC-memory output into
+    # BatchNormalization, ReLU and an overlapping MaxPool2D): three SGD steps' trajectory.
+    def trajectory():
+        pn.seed(0)
+        with pn.use_backend("numpy", dtype="float64"):
+            model = pn.Model(
+                [
+                    pn.Conv2D(2, 6, 3, padding="same"),
+                    pn.BatchNormalization(6),
+                    pn.ReLU(),
+                    pn.MaxPool2D(3, stride=2),
+                    pn.Flatten(),
+                    pn.Dense(6 * 4 * 3, 3),
+                    pn.Softmax(),
+                ]
+            )
+            model.set(loss=pn.CategoricalCrossentropy(), optimizer=pn.SGD(0.1))
+            rng = np.random.default_rng(6)
+            X, y = rng.normal(size=(8, 2, 9, 7)), rng.integers(0, 3, 8)
+            model.train(X, y, epochs=3, batch_size=8, print_every=None)
+        return [np.asarray(a) for layer in model.layers for a in layer.params().values()]
+
+    fused = trajectory()
+    assert spy.count("max_pool") == 3 and spy.count("batch_norm_backward") == 3
+    _portable(monkeypatch)
+    want = trajectory()
+    assert spy.count("max_pool") == 3  # no more calls
+    for g, w in zip(fused, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
 def test_the_kernels_decline_what_they_do_not_take():
     x = np.ones((2, 3, 4, 4), np.float16)
     assert _numba_cnn.batch_norm_train(x, np.ones(3), np.zeros(3), 1e-5) is None
+    assert _numba_cnn.max_pool(x, (2, 2), (2, 2)) is None
     assert _xp.kernel(x, "relu_backward") is None  # not a CNN kernel of NumPy's
 
 

@@ -1,5 +1,5 @@
 """NumPy's fused CNN kernels, compiled by numba: BatchNormalization's training forward and
-backward.
+backward, max pooling's forward (value and first argmax in one pass) and backward (a scatter).
 
 NumPy runs a CNN's element-wise work as one pass per operation on one core (BatchNormalization
 alone was about 16 passes over its input); these read and write each array once or twice,
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-NAMES = ("batch_norm_train", "batch_norm_backward")
+NAMES = ("batch_norm_train", "batch_norm_backward", "max_pool", "max_pool_backward")
 
 # Row chunks each partial sum covers: a fixed count, not the thread count, so the sums (and
 # the bits of the results) do not depend on the number of threads.
@@ -48,6 +48,10 @@ def _unrows(rows: np.ndarray, shape: tuple) -> np.ndarray:
         return rows
     n, c, h, w = shape
     return rows.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+
+
+def _nhwc(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
 
 
 def batch_norm_train(x, weights, biases, epsilon):
@@ -80,9 +84,35 @@ def batch_norm_backward(dvalues, x, mean, inv, weights, dinputs):
     return (_unrows(dx, x.shape) if dinputs else None), dweights.astype(dt), dbiases.astype(dt)
 
 
+def max_pool(x, pool, stride):
+    """Forward: ``(out, argmax)``, each window's largest value and the offset ``i * kw + j``
+    of its first (row-major) maximum, as torch picks on ties; a NaN wins its window, as in
+    torch. NCHW views of NHWC arrays; None for a dtype it does not take."""
+    if x.dtype.type not in _FLOATS:
+        return None
+    (kh, kw), (sh, sw) = pool, stride
+    n, c, h, w = x.shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = np.empty((n, ho, wo, c), x.dtype)
+    argmax = np.empty((n, ho, wo, c), np.int32)
+    _compiled()[2](_nhwc(x), kh, kw, sh, sw, out, argmax)
+    return out.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
+
+
+def max_pool_backward(dvalues, argmax, shape, pool, stride):
+    """Backward: each window's gradient added where its ``argmax`` is, in zeros of the
+    inputs' NCHW ``shape`` (overlapping windows that share a maximum sum there)."""
+    n, c, h, w = shape
+    dx = np.zeros((n, h, w, c), dvalues.dtype)
+    _compiled()[3](_nhwc(dvalues), _nhwc(argmax), pool[1], stride[0], stride[1], dx)
+    return dx.transpose(0, 3, 1, 2)
+
+
 _WRAPPERS = {
     "batch_norm_train": batch_norm_train,
     "batch_norm_backward": batch_norm_backward,
+    "max_pool": max_pool,
+    "max_pool_backward": max_pool_backward,
 }
 
 
@@ -154,4 +184,33 @@ def _compiled() -> Any:
             for k in range(c):
                 dx[r, k] = a[k] * d[r, k] + b[k] * (x[r, k] - mu[k]) + e[k]
 
-    return bn_forward, bn_backward
+    @jit(parallel=True)
+    def pool_forward(x, kh, kw, sh, sw, out, argmax):  # pragma: no cover
+        n, ho, wo, c = out.shape
+        for s in prange(n):
+            for p in range(ho):
+                for q in range(wo):
+                    for k in range(c):
+                        out[s, p, q, k] = x[s, p * sh, q * sw, k]
+                        argmax[s, p, q, k] = 0
+                    for i in range(kh):
+                        for j in range(kw):
+                            if i == 0 and j == 0:
+                                continue
+                            for k in range(c):
+                                v = x[s, p * sh + i, q * sw + j, k]
+                                if v > out[s, p, q, k] or v != v:
+                                    out[s, p, q, k] = v
+                                    argmax[s, p, q, k] = i * kw + j
+
+    @jit(parallel=True)
+    def pool_backward(d, argmax, kw, sh, sw, dx):  # pragma: no cover
+        n, ho, wo, c = d.shape
+        for s in prange(n):  # one sample per thread at a time: no two write one element
+            for p in range(ho):
+                for q in range(wo):
+                    for k in range(c):
+                        a = argmax[s, p, q, k]
+                        dx[s, p * sh + a // kw, q * sw + a % kw, k] += d[s, p, q, k]
+
+    return bn_forward, bn_backward, pool_forward, pool_backward
