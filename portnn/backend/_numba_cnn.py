@@ -3,7 +3,7 @@ backward, max pooling's forward (value and first argmax in one pass) and backwar
 
 NumPy runs a CNN's element-wise work as one pass per operation on one core (BatchNormalization
 alone was about 16 passes over its input); these read and write each array once or twice,
-over both cores (``numba.prange``, ``NUMBA_NUM_THREADS`` threads). They work on
+over both cores (``numba.prange``; ``portnn.set_num_threads`` sets the pool). They work on
 channels-last memory, which is what a CNN's arrays already are: Conv2D returns an NCHW view of
 NHWC rows, and the element-wise layers after it keep that layout, so the rows are a view, not
 a copy (any other layout is copied once). Each is tested against the layers' portable code
@@ -123,6 +123,10 @@ def _compiled() -> Any:
         import numba
     except ImportError:
         return None
+    from .. import threads
+
+    if threads._requested is not None:  # set_num_threads was called before numba loaded
+        threads._numba(threads._requested)
     # numpy's error model: x / 0 is inf, not an exception (and the loops vectorize).
     jit = functools.partial(numba.njit, nogil=True, error_model="numpy", cache=True)
     prange, chunks = numba.prange, _CHUNKS
