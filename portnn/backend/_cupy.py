@@ -17,6 +17,11 @@ class CupyBackend(Backend):
     name = "cupy"
     extra = "'portnn[cupy]'"
     has_nccl = True
+    # No compiler: ``compile`` is the identity. A CUDA graph of the step (stream capture,
+    # replayed) cannot be made through CuPy today: while a stream captures, CuPy refuses every
+    # cuBLAS call (NotImplementedError from cupy_backends/cuda/libs/cublas.pyx's setStream,
+    # CuPy's main branch of 2026-08; cupy/cupy#6290), and each step's matrix products are
+    # cuBLAS calls. Only the element-wise stretches between them could be captured.
 
     @classmethod
     def load(cls) -> tuple[ModuleType, Any]:
