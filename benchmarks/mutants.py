@@ -260,6 +260,22 @@ MUTATIONS = [
         "a compiled step takes its learning rate as a Python float (a compiler would freeze it)",
         ("tests/test_step.py",),
     ),
+    Mutation(
+        "donation-misses-a-holder",
+        "portnn/step.py",
+        "return _most_references(held) <= _ALONE + 2 and",
+        "return _most_references(held) <= _ALONE + 3 and",
+        "a compiled step on JAX consumes (deletes) arrays someone else still holds",
+        ("tests/test_step.py",),
+    ),
+    Mutation(
+        "donated-snapshot-not-copied",
+        "portnn/_state.py",
+        "    if not model.backend.donates:\n        return state",
+        "    if True:\n        return state",
+        "the state kept to restore (on divergence, the best epoch) is what the next step deletes",
+        ("tests/test_step.py",),
+    ),
     # --- callbacks (Keras' counting, path templates) -------------------------------------
     Mutation(
         "early-stopping-patience-off-by-one",

@@ -333,6 +333,27 @@ def test_a_step_sees_every_other_holder_of_its_arrays(backend64):
     assert not unshared()
 
 
+@pytest.mark.parametrize("donates", [False, True])
+def test_the_state_training_keeps_is_copied_where_steps_donate(backend64, monkeypatch, donates):
+    # portnn._state.snapshot, what the divergence restore and EarlyStopping keep: by
+    # reference where nothing is deleted (updates make new arrays), copies where a compiled
+    # step consumes the arrays it is given (JAX's donation, stood in for on every backend).
+    from portnn import _state
+
+    monkeypatch.setattr(type(backend64), "donates", donates)
+    model = _model(pn.Adam(0.01))
+    X, y = _data()
+    model.train(X, y, epochs=1, batch_size=5, print_every=None, compile=False)
+    live, kept = model.state_dict(), _state.snapshot(model)
+    assert kept.keys() == live.keys()
+    for key, value in live.items():
+        if isinstance(value, int | float):
+            assert kept[key] == value, key
+            continue
+        assert (kept[key] is value) is not donates, key
+        np.testing.assert_array_equal(numpy_of(kept[key]), numpy_of(value), err_msg=key)
+
+
 @pytest.fixture
 def donation(backend64, monkeypatch):
     """JAX's compiled steps, spied on: for each call, whether it was the donating one and
