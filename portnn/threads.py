@@ -1,6 +1,5 @@
 """How many threads the CPU libraries under portnn use: the BLAS and OpenMP pools (NumPy's
-OpenBLAS or MKL, any libgomp) through threadpoolctl, PyTorch's intra-op pool, and numba's
-(NumPy's fused CNN kernels, ``portnn.backend._numba_cnn``).
+OpenBLAS or MKL, any libgomp) through threadpoolctl, and PyTorch's intra-op pool.
 
 The book's networks are small: a spiral epoch is a few products of 300 x 64 matrices, far
 below what a second thread pays for, and on a busy machine the pools' threads spin waiting
@@ -52,21 +51,6 @@ def _torch() -> Any:
     return sys.modules.get("torch")
 
 
-def _numba(n: int | None = None) -> int | None:
-    """numba's count in this thread (None where this process has not imported numba); with
-    ``n``, set it first, to at most its pool's size (``NUMBA_NUM_THREADS``, the cores by
-    default), which numba cannot grow. numba's count is per calling thread."""
-    numba = sys.modules.get("numba")
-    if numba is None:
-        return None
-    if n is not None:
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    return int(numba.get_num_threads())
-
-
-_requested: int | None = None  # the last set_num_threads count, for numba once imported
-
-
 def _pool_name(info: dict[str, Any]) -> str:
     """``openblas (numpy)``: the library's kind and the package that ships it."""
     path = Path(info.get("filepath") or "")
@@ -99,10 +83,8 @@ def get_num_threads() -> dict[str, int]:
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads (an integer from 1 to ``MAX_THREADS``) in every BLAS and OpenMP pool
     loaded now and, when torch is imported, in torch's intra-op pool (``torch.set_num_threads``),
-    until changed; in numba's too (at most its size, the cores; in the calling thread, as numba
-    counts per thread), now or when portnn's kernels first import numba. A bad ``n`` raises
-    ValueError and changes nothing. OpenBLAS uses at most its build's maximum (often 64)
-    whatever ``n`` asks; ``get_num_threads`` shows what each took (numba's not among them)."""
+    until changed. A bad ``n`` raises ValueError and changes nothing. OpenBLAS uses at most its
+    build's maximum (often 64) whatever ``n`` asks; ``get_num_threads`` shows what each took."""
     n = _count(n)
     from threadpoolctl import threadpool_limits
 
@@ -110,9 +92,6 @@ def set_num_threads(n: int) -> None:
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(n)
-    global _requested
-    _requested = n
-    _numba(n)
 
 
 def num_threads(n: int) -> contextlib.AbstractContextManager[None]:
@@ -126,26 +105,17 @@ def num_threads(n: int) -> contextlib.AbstractContextManager[None]:
 def _limited(n: int) -> Iterator[None]:
     from threadpoolctl import threadpool_limits
 
-    global _requested
     torch = _torch()
     torch_before = torch.get_num_threads() if torch is not None else None
-    numba_before, requested_before = _numba(), _requested
     limits = threadpool_limits(limits=n)
     try:
         if torch is not None:
             torch.set_num_threads(n)
-        _requested = n
-        _numba(n)
         yield
     finally:
         limits.restore_original_limits()
         if torch is not None:
             torch.set_num_threads(torch_before)
-        _requested = requested_before
-        if numba_before is not None:
-            _numba(numba_before)
-        else:  # loaded in the block: back to the count it had had outside
-            _numba(requested_before or MAX_THREADS)
 
 
 def limit(

@@ -24,13 +24,10 @@ def before(backend):
     torch = sys.modules.get("torch")
     torch_count = torch.get_num_threads() if torch is not None else None
     limits = threadpoolctl.threadpool_limits(limits=None)  # changes nothing; restores on exit
-    numba_count, requested = threads._numba(), threads._requested
     yield counts
     limits.restore_original_limits()
     if torch is not None:
         torch.set_num_threads(torch_count)
-    threads._requested = requested
-    threads._numba(numba_count or threads.MAX_THREADS)
 
 
 def other_count(counts):
@@ -206,33 +203,3 @@ def test_torch_is_not_imported_for_threads():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("[1]", "[]")
-
-
-def test_numba_gets_the_count_too(before):
-    """NumPy's CNN kernels run on numba's pool: set_num_threads and num_threads reach it, at
-    most its size (the cores; numba cannot grow it), and num_threads gives its count back."""
-    numba = pytest.importorskip("numba")
-    size = numba.config.NUMBA_NUM_THREADS
-    pn.set_num_threads(1)
-    assert numba.get_num_threads() == 1
-    with pn.num_threads(size + 1):
-        assert numba.get_num_threads() == size
-    assert numba.get_num_threads() == 1
-
-
-def test_numba_loaded_after_set_num_threads_takes_the_count():
-    """portnn imports numba only when a CNN kernel first runs, after the user set the count."""
-    pytest.importorskip("numba")
-    code = (
-        "import sys, numpy as np, portnn as pn\n"
-        "pn.set_num_threads(1)\n"
-        "assert 'numba' not in sys.modules\n"
-        "layer = pn.MaxPool2D(2)\n"
-        "layer.forward(np.ones((2, 3, 4, 4)), training=True)\n"
-        "import numba\n"
-        "assert numba.get_num_threads() == 1, numba.get_num_threads()\n"
-        "with pn.num_threads(2):\n"
-        "    assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)\n"
-        "assert numba.get_num_threads() == 1\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -3,7 +3,10 @@ backward, max pooling's forward (value and first argmax in one pass) and backwar
 
 NumPy runs a CNN's element-wise work as one pass per operation on one core (BatchNormalization
 alone was about 16 passes over its input); these read and write each array once or twice,
-over both cores (``numba.prange``; ``portnn.set_num_threads`` sets the pool). They work on
+on one core too. Not ``parallel=True``: on the 2-core VM a second thread halved a
+BatchNormalization pass (3.2 -> 1.6 ms) but OpenMP's threads, spinning after each kernel,
+then slowed the next GEMM on OpenBLAS's threads (9.7 -> 34 ms; with OMP_WAIT_POLICY=PASSIVE
+no slowdown, and no gain either), and CNN steps alternate the two. They work on
 channels-last memory, which is what a CNN's arrays already are: Conv2D returns an NCHW view of
 NHWC rows, and the element-wise layers after it keep that layout, so the rows are a view, not
 a copy (any other layout is copied once). Each is tested against the layers' portable code
@@ -23,8 +26,8 @@ import numpy as np
 
 NAMES = ("batch_norm_train", "batch_norm_backward", "max_pool", "max_pool_backward")
 
-# Row chunks each partial sum covers: a fixed count, not the thread count, so the sums (and
-# the bits of the results) do not depend on the number of threads.
+# Row chunks each partial sum covers (as float64 sums): a few shorter sums, a little more
+# accurate than one; a fixed count, so a parallel version would give the same bits.
 _CHUNKS = 16
 _FLOATS = (np.float32, np.float64)
 
@@ -123,27 +126,23 @@ def _compiled() -> Any:
         import numba
     except ImportError:
         return None
-    from .. import threads
-
-    if threads._requested is not None:  # set_num_threads was called before numba loaded
-        threads._numba(threads._requested)
     # numpy's error model: x / 0 is inf, not an exception (and the loops vectorize).
     jit = functools.partial(numba.njit, nogil=True, error_model="numpy", cache=True)
-    prange, chunks = numba.prange, _CHUNKS
+    chunks = _CHUNKS
 
-    @jit(parallel=True)
+    @jit
     def bn_forward(x, w, b, eps, out, mean, var):  # pragma: no cover (compiled)
         m, c = x.shape
         step = (m + chunks - 1) // chunks
         part = np.zeros((chunks, c))
-        for t in prange(chunks):
+        for t in range(chunks):
             for r in range(t * step, min(m, (t + 1) * step)):
                 for k in range(c):
                     part[t, k] += x[r, k]
         for k in range(c):
             mean[k] = part[:, k].sum() / m
         part2 = np.zeros((chunks, c))
-        for t in prange(chunks):
+        for t in range(chunks):
             for r in range(t * step, min(m, (t + 1) * step)):
                 for k in range(c):
                     dev = x[r, k] - mean[k]
@@ -155,18 +154,18 @@ def _compiled() -> Any:
             s = w[k] / np.sqrt(var[k] + eps)
             scale[k] = s
             shift[k] = b[k] - mean[k] * s
-        for r in prange(m):
+        for r in range(m):
             for k in range(c):
                 out[r, k] = x[r, k] * scale[k] + shift[k]
 
-    @jit(parallel=True)
+    @jit
     def bn_backward(d, x, mean, inv, w, dx, dweights, dbiases):  # pragma: no cover
         m, c = d.shape
         step = (m + chunks - 1) // chunks
         sd = np.zeros((chunks, c))
         sdx = np.zeros((chunks, c))
         mu = mean.astype(x.dtype)
-        for t in prange(chunks):
+        for t in range(chunks):
             for r in range(t * step, min(m, (t + 1) * step)):
                 for k in range(c):
                     dk = d[r, k]
@@ -184,14 +183,14 @@ def _compiled() -> Any:
             e[k] = -ak * dbiases[k] / m
         if dx.shape[0] == 0:
             return
-        for r in prange(m):
+        for r in range(m):
             for k in range(c):
                 dx[r, k] = a[k] * d[r, k] + b[k] * (x[r, k] - mu[k]) + e[k]
 
-    @jit(parallel=True)
+    @jit
     def pool_forward(x, kh, kw, sh, sw, out, argmax):  # pragma: no cover
         n, ho, wo, c = out.shape
-        for s in prange(n):
+        for s in range(n):
             for p in range(ho):
                 for q in range(wo):
                     for k in range(c):
@@ -207,10 +206,10 @@ def _compiled() -> Any:
                                     out[s, p, q, k] = v
                                     argmax[s, p, q, k] = i * kw + j
 
-    @jit(parallel=True)
+    @jit
     def pool_backward(d, argmax, kw, sh, sw, dx):  # pragma: no cover
         n, ho, wo, c = d.shape
-        for s in prange(n):  # one sample per thread at a time: no two write one element
+        for s in range(n):
             for p in range(ho):
                 for q in range(wo):
                     for k in range(c):
