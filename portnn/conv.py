@@ -7,7 +7,9 @@ portable Array API code, with no in-place writes (so JAX runs it too): a convolu
 its ``kh*kw`` shifted, strided views of the padded input into one matrix (im2col, by slicing
 and one ``stack``) and takes one matmul; the backward pass folds the columns' gradients back
 (col2im) as a sum of zero-padded shifts (``portnn._im2col``); pooling is elementwise over
-the windows' strided views, with no copy. im2col holds ``kh*kw`` copies of the input: for a
+the windows' strided views, with no copy. On NumPy, numba kernels stand in for im2col, col2im
+and max pooling (``Backend.kernel``, ``portnn/backend/_numba_cnn.py``), tested against this
+code, which every other library runs. im2col holds ``kh*kw`` copies of the input: for a
 batch of 128 28x28 images of 32 channels and a 3x3 kernel, 128*28*28*32*9 floats, 116 MB
 in float32 (the same again for its gradient).
 """
@@ -204,9 +206,13 @@ class Conv2D(Layer):
         n, c, _, _ = shape
         ho, wo = self._out(shape[2], shape[3])
         xp = array_namespace(inputs)
-        x = pad(xp.permute_dims(inputs, NHWC), self._padding(), (1, 2))
-        cols = windows(x, self.kernel_size, self.stride, (ho, wo), (1, 2))  # (n, ho, wo, K, c)
-        cols = xp.reshape(cols, (n * ho * wo, -1))
+        fused = kernel(inputs, "im2col")  # padding, transpose and copy in one pass (or None)
+        sizes = (self.kernel_size, self.stride, self._padding(), (ho, wo))
+        cols = None if fused is None else fused(inputs, *sizes)
+        if cols is None:
+            x = pad(xp.permute_dims(inputs, NHWC), self._padding(), (1, 2))
+            cols = windows(x, self.kernel_size, self.stride, (ho, wo), (1, 2))  # (n, ho, wo, K, c)
+            cols = xp.reshape(cols, (n * ho * wo, -1))
         weights = self._columns(params["weights"])
         out = xp.reshape(cols @ weights.T + params["biases"], (n, ho, wo, self.out_channels))
         return xp.permute_dims(out, NCHW), (cols, shape)
@@ -225,9 +231,15 @@ class Conv2D(Layer):
         grads = {"weights": dweights, "biases": dbiases}
         if not self.compute_dinputs:
             return None, grads
+        dcols = d @ self._columns(weights)
+        fused = kernel(dcols, "col2im")  # the offsets' sums in one pass (or None)
+        sizes = (self.kernel_size, self.stride, self._padding(), (ho, wo))
+        dx = None if fused is None else fused(dcols, shape, *sizes)
+        if dx is not None:
+            return dx, grads
         (top, bottom), (left, right) = self._padding()
         size = (shape[2] + top + bottom, shape[3] + left + right)
-        dcols = xp.reshape(d @ self._columns(weights), (n, ho, wo, kh * kw, shape[1]))
+        dcols = xp.reshape(dcols, (n, ho, wo, kh * kw, shape[1]))
         terms = [dcols[..., k, :] for k in range(kh * kw)]
         dx = fold(terms, size, self.kernel_size, self.stride, (1, 2))  # (n, h, w, c) padded
         dx = dx[:, top : top + shape[2], left : left + shape[3], :]

@@ -1,6 +1,7 @@
 """NumPy's fused CNN kernels (``portnn/backend/_numba_cnn.py``) against the layers' portable
 code, which the kernels stand in for: BatchNormalization's training forward, backward and
-running statistics; MaxPool2D's forward and backward, ties to the first maximum as torch.
+running statistics; MaxPool2D's forward and backward, ties to the first maximum as torch;
+Conv2D's im2col and col2im, for every padding and stride.
 The layers run on NumPy here whatever backend the suite tests (the kernels are NumPy's)."""
 
 import numpy as np
@@ -174,6 +175,37 @@ def test_max_pool_kernel_sends_a_tied_windows_gradient_to_its_first_maximum():
     np.testing.assert_array_equal(got["dx"], [[[[0, 11, 0], [100, 0, 1000], [0, 0, 0]]]])
 
 
+CONVS = {  # (kernel_size, stride, padding, input height x width)
+    "3-same-odd": (3, 1, "same", (7, 9)),
+    "2-same-even-kernel": (2, 1, "same", (5, 6)),  # one more zero at the bottom and right
+    "3-stride2-pad1": (3, 2, 1, (9, 8)),
+    "3-stride3-pad0": (3, 3, 0, (10, 11)),  # the last rows and columns in no window
+    "2x3-stride2x1-pad1x0": ((2, 3), (2, 1), (1, 0), (7, 6)),
+    "5-pad2": (5, 1, 2, (5, 5)),  # every window reaches the padding
+    "1x1": (1, 1, 0, (4, 3)),
+}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("batch_channels", [(1, 3, 2), (2, 16, 5)], ids=["b1-c3", "b2-c16"])
+@pytest.mark.parametrize(("kernel", "stride", "padding", "size"), CONVS.values(), ids=CONVS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv_kernels_equal_the_portable_code(
+    dtype, kernel, stride, padding, size, batch_channels, layout, spy, monkeypatch
+):
+    rng = np.random.default_rng(7)
+    n, c_in, c_out = batch_channels
+    x = _layout(rng.normal(size=(n, c_in, *size)).astype(dtype), layout)
+    layer = _layer(lambda: pn.Conv2D(c_in, c_out, kernel, stride=stride, padding=padding), dtype)
+    layer.biases = rng.normal(size=c_out).astype(dtype)
+    d = _layout(rng.normal(size=layer.output_shape(x.shape)).astype(dtype), layout)
+    assert _xp.kernel(x, "im2col") is not None
+    fused = _run(layer, x, d)
+    assert spy == ["im2col", "col2im"]
+    _portable(monkeypatch)
+    _close(fused, _run(layer, x, d), dtype)
+
+
 def test_a_cnn_trains_the_same_with_and_without_the_kernels(spy, monkeypatch):
     # The layers chained as a CNN chains them (a Conv2D's NHWC-memory output into
     # BatchNormalization, ReLU and an overlapping MaxPool2D): three SGD steps' trajectory.
@@ -199,6 +231,7 @@ def test_a_cnn_trains_the_same_with_and_without_the_kernels(spy, monkeypatch):
 
     fused = trajectory()
     assert spy.count("max_pool") == 3 and spy.count("batch_norm_backward") == 3
+    assert spy.count("im2col") == 3 and "col2im" not in spy  # the first layer: no dX
     _portable(monkeypatch)
     want = trajectory()
     assert spy.count("max_pool") == 3  # no more calls
@@ -210,6 +243,13 @@ def test_the_kernels_decline_what_they_do_not_take():
     x = np.ones((2, 3, 4, 4), np.float16)
     assert _numba_cnn.batch_norm_train(x, np.ones(3), np.zeros(3), 1e-5) is None
     assert _numba_cnn.max_pool(x, (2, 2), (2, 2)) is None
+    assert _numba_cnn.im2col(x, (2, 2), (1, 1), ((0, 0), (0, 0)), (3, 3)) is None
+    assert (
+        _numba_cnn.col2im(
+            np.ones((18, 12), np.float16), x.shape, (2, 2), (1, 1), ((0, 0), (0, 0)), (3, 3)
+        )
+        is None
+    )
     assert _xp.kernel(x, "relu_backward") is None  # not a CNN kernel of NumPy's
 
 

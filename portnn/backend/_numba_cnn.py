@@ -1,5 +1,7 @@
 """NumPy's fused CNN kernels, compiled by numba: BatchNormalization's training forward and
-backward, max pooling's forward (value and first argmax in one pass) and backward (a scatter).
+backward, max pooling's forward (value and first argmax in one pass) and backward (a scatter),
+and Conv2D's im2col and col2im as loops (zero padding, the NCHW/NHWC transposes and the
+offsets' sums in one pass each, instead of copies, concatenations and a sum of shifted terms).
 
 NumPy runs a CNN's element-wise work as one pass per operation on one core (BatchNormalization
 alone was about 16 passes over its input); these read and write each array once or twice,
@@ -24,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-NAMES = ("batch_norm_train", "batch_norm_backward", "max_pool", "max_pool_backward")
+NAMES = ("batch_norm_train", "batch_norm_backward", "max_pool", "max_pool_backward", "im2col")
+NAMES += ("col2im",)
 
 # Row chunks each partial sum covers (as float64 sums): a few shorter sums, a little more
 # accurate than one; a fixed count, so a parallel version would give the same bits.
@@ -111,11 +114,38 @@ def max_pool_backward(dvalues, argmax, shape, pool, stride):
     return dx.transpose(0, 3, 1, 2)
 
 
+def im2col(x, kernel, stride, padding, out):
+    """Conv2D's columns ``(n * ho * wo, kh * kw * c)``, each ordered ``(kh, kw, c)``, of NCHW
+    ``x`` zero-padded by ``padding`` ``((top, bottom), (left, right))``, for the windows
+    ``stride`` apart at the ``out`` positions; None for a dtype it does not take."""
+    if x.dtype.type not in _FLOATS:
+        return None
+    (kh, kw), (ho, wo), n, c = kernel, out, x.shape[0], x.shape[1]
+    cols = np.empty((n, ho, wo, kh, kw, c), x.dtype)
+    _compiled()[4](_nhwc(x), stride[0], stride[1], padding[0][0], padding[1][0], cols)
+    return cols.reshape(n * ho * wo, -1)
+
+
+def col2im(dcols, shape, kernel, stride, padding, out):
+    """``im2col``'s transpose: the columns' gradient ``(n * ho * wo, kh * kw * c)`` added back
+    where each entry came from, the padding dropped: the NCHW ``shape`` inputs' gradient."""
+    if dcols.dtype.type not in _FLOATS:
+        return None
+    n, c, h, w = shape
+    (kh, kw), (ho, wo) = kernel, out
+    dx = np.zeros((n, h, w, c), dcols.dtype)
+    d = np.ascontiguousarray(dcols).reshape(n, ho, wo, kh, kw, c)
+    _compiled()[5](d, stride[0], stride[1], padding[0][0], padding[1][0], dx)
+    return dx.transpose(0, 3, 1, 2)
+
+
 _WRAPPERS = {
     "batch_norm_train": batch_norm_train,
     "batch_norm_backward": batch_norm_backward,
     "max_pool": max_pool,
     "max_pool_backward": max_pool_backward,
+    "im2col": im2col,
+    "col2im": col2im,
 }
 
 
@@ -216,4 +246,37 @@ def _compiled() -> Any:
                         a = argmax[s, p, q, k]
                         dx[s, p * sh + a // kw, q * sw + a % kw, k] += d[s, p, q, k]
 
-    return bn_forward, bn_backward, pool_forward, pool_backward
+    @jit
+    def columns(x, sh, sw, top, left, cols):  # pragma: no cover
+        n, h, w, c = x.shape
+        _, ho, wo, kh, kw, _ = cols.shape
+        for s in range(n):
+            for p in range(ho):
+                for q in range(wo):
+                    for i in range(kh):
+                        y = p * sh + i - top
+                        for j in range(kw):
+                            z = q * sw + j - left
+                            if 0 <= y < h and 0 <= z < w:
+                                for k in range(c):
+                                    cols[s, p, q, i, j, k] = x[s, y, z, k]
+                            else:
+                                for k in range(c):
+                                    cols[s, p, q, i, j, k] = 0
+
+    @jit
+    def fold(d, sh, sw, top, left, dx):  # pragma: no cover
+        n, h, w, c = dx.shape
+        _, ho, wo, kh, kw, _ = d.shape
+        for s in range(n):
+            for p in range(ho):
+                for q in range(wo):
+                    for i in range(kh):
+                        y = p * sh + i - top
+                        for j in range(kw):
+                            z = q * sw + j - left
+                            if 0 <= y < h and 0 <= z < w:
+                                for k in range(c):
+                                    dx[s, y, z, k] += d[s, p, q, i, j, k]
+
+    return bn_forward, bn_backward, pool_forward, pool_backward, columns, fold

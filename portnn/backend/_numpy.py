@@ -80,7 +80,14 @@ class NumpyBackend(Backend):
         return out
 
 
-_CNN_KERNELS = ("batch_norm_train", "batch_norm_backward", "max_pool", "max_pool_backward")
+_CNN_KERNELS = (
+    "batch_norm_train",
+    "batch_norm_backward",
+    "max_pool",
+    "max_pool_backward",
+    "im2col",
+    "col2im",
+)
 
 # The book's small networks (spiral, sine) stay below this and never pay the first call's
 # compilation; above it, the compiled loop is about three times faster than the passes.
