@@ -130,7 +130,9 @@ def test_batch_norm_kernel_without_input_gradient_and_in_evaluation(dtype, spy, 
 
 
 POOLS = {  # (pool, stride, input height x width)
-    "2-tile-odd": (2, None, (7, 9)),
+    "2-tile-odd": (2, None, (7, 9)),  # a row and a column in no window
+    "2-tile-even": (2, None, (8, 6)),  # windows that tile the input exactly
+    "3x2-tile": ((3, 2), None, (9, 4)),
     "3-stride2-overlap": (3, 2, (9, 8)),
     "2-stride3-gaps": (2, 3, (8, 11)),
     "3-stride1": (3, 1, (5, 6)),

@@ -109,8 +109,14 @@ def max_pool_backward(dvalues, argmax, shape, pool, stride):
     """Backward: each window's gradient added where its ``argmax`` is, in zeros of the
     inputs' NCHW ``shape`` (overlapping windows that share a maximum sum there)."""
     n, c, h, w = shape
-    dx = np.zeros((n, h, w, c), dvalues.dtype)
-    _compiled()[3](_nhwc(dvalues), _nhwc(argmax), pool[1], stride[0], stride[1], dx)
+    d, argmax = _nhwc(dvalues), _nhwc(argmax)
+    if pool == stride and (h, w) == (d.shape[1] * pool[0], d.shape[2] * pool[1]):
+        # Windows that tile the input: each entry written once, in order, with no zeros first.
+        dx = np.empty((n, h, w, c), dvalues.dtype)
+        _compiled()[6](d, argmax, pool[0], pool[1], dx)
+    else:
+        dx = np.zeros((n, h, w, c), dvalues.dtype)
+        _compiled()[3](d, argmax, pool[1], stride[0], stride[1], dx)
     return dx.transpose(0, 3, 1, 2)
 
 
@@ -279,4 +285,17 @@ def _compiled() -> Any:
                                 for k in range(c):
                                     dx[s, y, z, k] += d[s, p, q, i, j, k]
 
-    return bn_forward, bn_backward, pool_forward, pool_backward, columns, fold
+    @jit
+    def pool_backward_tiled(d, argmax, kh, kw, dx):  # pragma: no cover
+        n, ho, wo, c = d.shape
+        for s in range(n):
+            for p in range(ho):
+                for i in range(kh):
+                    for q in range(wo):
+                        for j in range(kw):
+                            o = i * kw + j
+                            for k in range(c):
+                                hit = argmax[s, p, q, k] == o
+                                dx[s, p * kh + i, q * kw + j, k] = d[s, p, q, k] if hit else 0
+
+    return bn_forward, bn_backward, pool_forward, pool_backward, columns, fold, pool_backward_tiled
