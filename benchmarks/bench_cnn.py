@@ -260,7 +260,7 @@ def profile(repeat: int) -> dict:
     """Milliseconds per batch of 128: each layer's forward (training) and backward on NumPy,
     then the second convolution's parts alone, and torch's conv2d beside them."""
     import portnn as pn
-    from portnn import _im2col
+    from portnn import _im2col, _xp
 
     pn.set_backend("numpy")
     pn.seed(0)
@@ -285,27 +285,33 @@ def profile(repeat: int) -> dict:
     layer, x = conv[0], conv[3]
     xh = _im2col.pad(np.transpose(x, (0, 2, 3, 1)), layer._padding(), (1, 2))
     views = list(_im2col.shifts(xh, (3, 3), (1, 1), (14, 14), (1, 2)))
-    cols = np.stack(views, axis=-1).reshape(BATCH * 196, -1)
-    w = layer.weights.reshape(64, -1)
+    cols = _im2col.windows(xh, (3, 3), (1, 1), (14, 14), (1, 2)).reshape(BATCH * 196, -1)
+    w = layer._columns(layer.weights)
     d = np.random.default_rng(2).normal(size=(BATCH * 196, 64)).astype(np.float32)
-    dcols = (d @ w).reshape(BATCH, 14, 14, 32, 3, 3)
-    terms = [dcols[..., i, j] for i in range(3) for j in range(3)]
-    # The same copies with the kernel's offsets before the channels: (n, h, w, kh*kw, c)
-    cl = np.ascontiguousarray(np.moveaxis(dcols.reshape(BATCH, 14, 14, 32, 9), -1, 3))
-    terms_cl = [cl[:, :, :, k, :] for k in range(9)]
+    dcols = (d @ w).reshape(BATCH, 14, 14, 9, 32)  # columns ordered (kh, kw, c)
+    terms = [dcols[..., k, :] for k in range(9)]
+    # The columns ordered (c, kh, kw), as before 2026-12-04: each view written 9 floats apart
+    old = (d @ w).reshape(BATCH, 14, 14, 32, 9)
+    terms_old = [old[..., k] for k in range(9)]
     parts = {
-        "im2col (stack of 9 views, offsets last)": lambda: np.stack(views, axis=-1),
-        "im2col, offsets before channels (axis=-2)": lambda: np.stack(views, axis=-2),
+        "im2col (windows: 9 views before the channels)": lambda: np.stack(views, axis=-2),
+        "im2col, offsets last (the old column order)": lambda: np.stack(views, axis=-1),
         "cols @ W.T (forward GEMM)": lambda: cols @ w.T,
         "d.T @ cols (weights' GEMM)": lambda: d.T @ cols,
         "d @ W (columns' gradient GEMM)": lambda: d @ w,
-        "col2im (fold of 9 strided terms)": lambda: _im2col.fold(
+        "col2im (fold of 9 contiguous terms)": lambda: _im2col.fold(
             terms, (16, 16), (3, 3), (1, 1), (1, 2)
         ),
-        "col2im, offsets before channels": lambda: _im2col.fold(
-            terms_cl, (16, 16), (3, 3), (1, 1), (1, 2)
+        "col2im, strided terms (the old column order)": lambda: _im2col.fold(
+            terms_old, (16, 16), (3, 3), (1, 1), (1, 2)
         ),
     }
+    fused_cols, fused_fold = (_xp.kernel(x, name) for name in ("im2col", "col2im"))
+    if fused_cols is not None:  # NumPy's numba loops, which the layer takes when it can
+        sizes = ((3, 3), (1, 1), layer._padding(), (14, 14))
+        dflat = d @ w
+        parts["im2col kernel (numba)"] = lambda: fused_cols(x, *sizes)
+        parts["col2im kernel (numba)"] = lambda: fused_fold(dflat, x.shape, *sizes)
     conv_parts = {name: _ms(f, repeat) for name, f in parts.items()}
     try:
         import torch
