@@ -39,6 +39,7 @@ CALLBACKS = ("tests/test_callbacks.py",)
 IO = ("tests/test_io.py",)
 MODEL = ("tests/test_model.py",)
 CLI = ("tests/test_cli.py",)
+CNN = ("tests/test_cnn_kernels.py", "tests/test_normalization.py", "tests/test_conv.py")
 UNITS = (
     "tests/test_activations.py",
     "tests/test_layers.py",
@@ -116,6 +117,39 @@ MUTATIONS = [
         "outputs = [self.forward(X[s, ...], training=True) for s in",
         "predict() runs Dropout as in training",
         LOOP,
+    ),
+    # --- convolutional layers: NumPy's numba kernels and the portable code they stand in for
+    Mutation(
+        "bn-kernel-unbiased-batch-variance",
+        "portnn/backend/_numba_cnn.py",
+        "var[k] = part2[:, k].sum() / m",
+        "var[k] = part2[:, k].sum() / (m - 1)",
+        "NumPy's BatchNormalization kernel normalises by the unbiased variance (torch: biased)",
+        CNN,
+    ),
+    Mutation(
+        "max-pool-kernel-last-of-ties",
+        "portnn/backend/_numba_cnn.py",
+        "if v > out[s, p, q, k] or v != v:",
+        "if v >= out[s, p, q, k] or v != v:",
+        "NumPy's max pooling kernel sends a tied window's gradient to its last maximum",
+        CNN,
+    ),
+    Mutation(
+        "col2im-kernel-drops-the-last-offset",
+        "portnn/backend/_numba_cnn.py",
+        "dx[s, y, z, k] += d[s, p, q, i, j, k]",
+        "dx[s, y, z, k] += d[s, p, q, i, j, k] * (i + j < kh + kw - 2)",
+        "NumPy's col2im kernel never adds back the kernel's bottom-right offset",
+        CNN,
+    ),
+    Mutation(
+        "bn-portable-backward-without-mean-term",
+        "portnn/normalization.py",
+        "return a * dvalues + b * centered + c, grads",
+        "return a * dvalues + b * centered, grads",
+        "BatchNormalization's portable backward forgets the gradient through the batch mean",
+        CNN,
     ),
     # --- activations --------------------------------------------------------------------
     Mutation(
