@@ -235,3 +235,14 @@ def test_math_on_arrays_of_a_library_without_a_backend_class_runs_the_portable_c
     finally:
         backend._CLASSES["array_api_strict"] = saved
         backend._class_of_type.cache_clear()
+
+
+def test_cupy_has_none_of_the_cnn_kernels_and_says_so(monkeypatch):
+    # CuPy's fused kernels are the dense network's; a CNN layer asking for one of NumPy's
+    # (im2col, max_pool, ...) gets None and its portable code, not a KeyError.
+    from portnn.backend._cupy import CupyBackend
+
+    monkeypatch.setenv("PORTNN_CUPY_FUSED", "1")
+    assert CupyBackend.kernel("relu_backward") is not None
+    for name in ("batch_norm_train", "batch_norm_backward", "max_pool", "im2col", "col2im"):
+        assert CupyBackend.kernel(name) is None, name

@@ -219,7 +219,11 @@ class Backend:
         """This library's fused kernel for one of the math modules' element-wise chains, or
         None (the portable code runs). Names and what each computes, as its portable code does:
         ``relu_backward(dvalues, inputs)``, ``softmax_cce_backward(output, y)`` (class indices)
-        and ``cce_per_sample(y_pred, y, lo, hi)`` (class indices, clipped to ``[lo, hi]``)."""
+        and ``cce_per_sample(y_pred, y, lo, hi)`` (class indices, clipped to ``[lo, hi]``); the
+        CNN layers' ``batch_norm_train``, ``batch_norm_backward``, ``max_pool``,
+        ``max_pool_backward``, ``im2col`` and ``col2im`` (their arguments: the calls in
+        ``portnn.normalization`` and ``portnn.conv``). A kernel may also decline one call by
+        returning None (a dtype it was not built for): then the portable code runs too."""
         return None
 
     # --- update rules: the portable references; a library may fuse them -------------------

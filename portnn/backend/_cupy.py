@@ -121,7 +121,7 @@ class CupyBackend(Backend):
         # with PORTNN_CUPY_FUSED=1 (.ci/gpu_check.sh kernels) until a GPU run proves them.
         if os.environ.get("PORTNN_CUPY_FUSED") != "1":
             return None
-        return _KERNELS[name]
+        return _KERNELS.get(name)  # the CNN layers' kernels are NumPy's only
 
     @staticmethod
     def adam_update(param, grad, m, v, beta_1, beta_2, scale, eps):
