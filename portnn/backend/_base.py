@@ -222,7 +222,7 @@ class Backend:
         and ``cce_per_sample(y_pred, y, lo, hi)`` (class indices, clipped to ``[lo, hi]``); the
         CNN layers' ``batch_norm_train``, ``batch_norm_backward``, ``max_pool``,
         ``max_pool_backward``, ``im2col`` and ``col2im`` (their arguments: the calls in
-        ``portnn.normalization`` and ``portnn.conv``). A kernel may also decline one call by
+        ``BatchNormalization``, ``MaxPool2D`` and ``Conv2D``). A kernel may also decline one call by
         returning None (a dtype it was not built for): then the portable code runs too."""
         return None
 
