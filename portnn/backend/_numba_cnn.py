@@ -26,9 +26,6 @@ from typing import Any
 
 import numpy as np
 
-NAMES = ("batch_norm_train", "batch_norm_backward", "max_pool", "max_pool_backward", "im2col")
-NAMES += ("col2im",)
-
 # Row chunks each partial sum covers (as float64 sums): a few shorter sums, a little more
 # accurate than one; a fixed count, so a parallel version would give the same bits.
 _CHUNKS = 16
@@ -36,8 +33,10 @@ _FLOATS = (np.float32, np.float64)
 
 
 def kernel(name: str) -> Any:
-    """The kernel ``name`` (one of ``NAMES``), or None without numba."""
-    return None if _compiled() is None else _WRAPPERS[name]
+    """The kernel ``name`` (a key of ``_WRAPPERS``), or None: for any other name (without
+    loading numba), and without numba."""
+    found = _WRAPPERS.get(name)
+    return None if found is None or _compiled() is None else found
 
 
 def _rows(a: np.ndarray) -> np.ndarray:
@@ -70,7 +69,7 @@ def batch_norm_train(x, weights, biases, epsilon):
     out = np.empty_like(rows)
     mean, var = np.empty(rows.shape[1]), np.empty(rows.shape[1])
     w, b = (np.ascontiguousarray(a, dtype=np.float64) for a in (weights, biases))
-    _compiled()[0](rows, w, b, float(epsilon), out, mean, var)
+    _compiled()["bn_forward"](rows, w, b, float(epsilon), out, mean, var)
     return _unrows(out, x.shape), mean.astype(x.dtype), var.astype(x.dtype)
 
 
@@ -85,7 +84,7 @@ def batch_norm_backward(dvalues, x, mean, inv, weights, dinputs):
     dx = np.empty_like(d) if dinputs else np.empty((0, d.shape[1]), d.dtype)
     dweights, dbiases = np.empty(d.shape[1]), np.empty(d.shape[1])
     mean, inv, w = (np.ascontiguousarray(a, dtype=np.float64).ravel() for a in (mean, inv, weights))
-    _compiled()[1](d, rows, mean, inv, w, dx, dweights, dbiases)
+    _compiled()["bn_backward"](d, rows, mean, inv, w, dx, dweights, dbiases)
     dt = dvalues.dtype
     return (_unrows(dx, x.shape) if dinputs else None), dweights.astype(dt), dbiases.astype(dt)
 
@@ -101,7 +100,7 @@ def max_pool(x, pool, stride):
     ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
     out = np.empty((n, ho, wo, c), x.dtype)
     argmax = np.empty((n, ho, wo, c), np.int32)
-    _compiled()[2](_nhwc(x), kh, kw, sh, sw, out, argmax)
+    _compiled()["pool_forward"](_nhwc(x), kh, kw, sh, sw, out, argmax)
     return out.transpose(0, 3, 1, 2), argmax.transpose(0, 3, 1, 2)
 
 
@@ -113,10 +112,10 @@ def max_pool_backward(dvalues, argmax, shape, pool, stride):
     if pool == stride and (h, w) == (d.shape[1] * pool[0], d.shape[2] * pool[1]):
         # Windows that tile the input: each entry written once, in order, with no zeros first.
         dx = np.empty((n, h, w, c), dvalues.dtype)
-        _compiled()[6](d, argmax, pool[0], pool[1], dx)
+        _compiled()["pool_backward_tiled"](d, argmax, pool[0], pool[1], dx)
     else:
         dx = np.zeros((n, h, w, c), dvalues.dtype)
-        _compiled()[3](d, argmax, pool[1], stride[0], stride[1], dx)
+        _compiled()["pool_backward"](d, argmax, pool[1], stride[0], stride[1], dx)
     return dx.transpose(0, 3, 1, 2)
 
 
@@ -128,7 +127,7 @@ def im2col(x, kernel, stride, padding, out):
         return None
     (kh, kw), (ho, wo), n, c = kernel, out, x.shape[0], x.shape[1]
     cols = np.empty((n, ho, wo, kh, kw, c), x.dtype)
-    _compiled()[4](_nhwc(x), stride[0], stride[1], padding[0][0], padding[1][0], cols)
+    _compiled()["columns"](_nhwc(x), stride[0], stride[1], padding[0][0], padding[1][0], cols)
     return cols.reshape(n * ho * wo, -1)
 
 
@@ -141,7 +140,7 @@ def col2im(dcols, shape, kernel, stride, padding, out):
     (kh, kw), (ho, wo) = kernel, out
     dx = np.zeros((n, h, w, c), dcols.dtype)
     d = np.ascontiguousarray(dcols).reshape(n, ho, wo, kh, kw, c)
-    _compiled()[5](d, stride[0], stride[1], padding[0][0], padding[1][0], dx)
+    _compiled()["fold"](d, stride[0], stride[1], padding[0][0], padding[1][0], dx)
     return dx.transpose(0, 3, 1, 2)
 
 
@@ -157,7 +156,8 @@ _WRAPPERS = {
 
 @functools.cache
 def _compiled() -> Any:
-    """The numba functions (compiled lazily, per dtype, on first call), or None without numba."""
+    """The numba functions by name (compiled lazily, per dtype, on first call), or None
+    without numba."""
     try:
         import numba
     except ImportError:
@@ -298,4 +298,5 @@ def _compiled() -> Any:
                                 hit = argmax[s, p, q, k] == o
                                 dx[s, p * kh + i, q * kw + j, k] = d[s, p, q, k] if hit else 0
 
-    return bn_forward, bn_backward, pool_forward, pool_backward, columns, fold, pool_backward_tiled
+    found = (bn_forward, bn_backward, pool_forward, pool_backward, columns, fold)
+    return {f.__name__: f for f in (*found, pool_backward_tiled)}

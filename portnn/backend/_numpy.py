@@ -45,10 +45,8 @@ class NumpyBackend(Backend):
 
     @classmethod
     def kernel(cls, name: str) -> Any:
-        # The CNN layers' element-wise passes fused by numba (``_numba_cnn``), imported only
-        # when a CNN layer asks: a dense network's ReLU never loads numba.
-        if name not in _CNN_KERNELS:
-            return None
+        # The CNN layers' element-wise passes fused by numba (``_numba_cnn``); numba is
+        # loaded only when a CNN layer asks: a dense network's ReLU never loads it.
         from . import _numba_cnn
 
         return _numba_cnn.kernel(name)
@@ -79,15 +77,6 @@ class NumpyBackend(Backend):
         )
         return out
 
-
-_CNN_KERNELS = (
-    "batch_norm_train",
-    "batch_norm_backward",
-    "max_pool",
-    "max_pool_backward",
-    "im2col",
-    "col2im",
-)
 
 # The book's small networks (spiral, sine) stay below this and never pay the first call's
 # compilation; above it, the compiled loop is about three times faster than the passes.
